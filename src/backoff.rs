@@ -1,0 +1,118 @@
+//! Reconnect delays: Minch's `backoff/2`, exactly, plus an opt-in jittered variant.
+
+use std::time::Duration;
+
+/// Parameters of [`backoff`]: the delay grows as `min * attempt^factor`, up to `max`.
+///
+/// The defaults are Minch's: `min` 200 ms, `max` 30 000 ms, `factor` 2.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackoffOptions {
+    /// The delay for attempt 1, in milliseconds. Default: 200.
+    pub min: u64,
+    /// The largest delay, in milliseconds. Default: 30 000.
+    pub max: u64,
+    /// The exponent applied to the attempt number. Default: 2.0.
+    pub factor: f64,
+}
+
+impl Default for BackoffOptions {
+    fn default() -> Self {
+        BackoffOptions {
+            min: 200,
+            max: 30_000,
+            factor: 2.0,
+        }
+    }
+}
+
+/// The reconnect delay in milliseconds for the `attempt`-th consecutive failure:
+/// `round(min * attempt^factor)`, capped at `max`. Attempt 0 gives 0.
+///
+/// This reproduces the tables in Minch's documentation:
+///
+/// | attempt | defaults (200, 30 000, 2) | min 100, max 10 000, factor 1.5 |
+/// |--------:|--------------------------:|--------------------------------:|
+/// | 1       | 200                       | 100                             |
+/// | 2       | 800                       | 283                             |
+/// | 3       | 1 800                     | 520                             |
+/// | 4       | 3 200                     | 800                             |
+/// | 5       | 5 000                     | 1 118                           |
+/// | 6       | 7 200                     | 1 470                           |
+/// | 7       | 9 800                     | 1 852                           |
+/// | 8       | 12 800                    | 2 263                           |
+/// | 9       | 16 200                    | 2 700                           |
+/// | 10      | 20 000                    | 3 162                           |
+/// | 11      | 24 200                    | 3 648                           |
+/// | 12      | 28 800                    | 4 157                           |
+/// | 13      | 30 000                    | 4 687                           |
+/// | 14      | 30 000                    | 5 238                           |
+/// | 15      | 30 000                    | 5 809                           |
+/// | 16      | 30 000                    | 6 400                           |
+/// | 17      | 30 000                    | 7 009                           |
+/// | 18      | 30 000                    | 7 637                           |
+/// | 19      | 30 000                    | 8 282                           |
+/// | 20      | 30 000                    | 8 944                           |
+///
+/// ```
+/// use minch::{backoff, BackoffOptions};
+///
+/// assert_eq!(backoff(3, BackoffOptions::default()), 1800);
+/// let gentle = BackoffOptions { min: 100, max: 10_000, factor: 1.5 };
+/// assert_eq!(backoff(2, gentle), 283);
+/// ```
+pub fn backoff(attempt: u32, options: BackoffOptions) -> u64 {
+    let delay = (options.min as f64 * f64::from(attempt).powf(options.factor)).round();
+    // A float beyond u64's range (or NaN from a negative factor) saturates; cap it either way.
+    if delay.is_nan() {
+        return options.max;
+    }
+    (delay as u64).min(options.max)
+}
+
+/// [`backoff`] as a [`Duration`].
+pub fn backoff_duration(attempt: u32, options: BackoffOptions) -> Duration {
+    Duration::from_millis(backoff(attempt, options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_table_matches_minch() {
+        let expected = [
+            200, 800, 1800, 3200, 5000, 7200, 9800, 12800, 16200, 20000, 24200, 28800, 30000,
+            30000, 30000, 30000, 30000, 30000, 30000, 30000,
+        ];
+        let actual: Vec<u64> = (1..=20)
+            .map(|a| backoff(a, BackoffOptions::default()))
+            .collect();
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn custom_table_matches_minch() {
+        let options = BackoffOptions {
+            min: 100,
+            max: 10_000,
+            factor: 1.5,
+        };
+        let expected = [
+            100, 283, 520, 800, 1118, 1470, 1852, 2263, 2700, 3162, 3648, 4157, 4687, 5238, 5809,
+            6400, 7009, 7637, 8282, 8944,
+        ];
+        let actual: Vec<u64> = (1..=20).map(|a| backoff(a, options)).collect();
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn attempt_zero_is_immediate_and_huge_attempts_are_capped() {
+        assert_eq!(backoff(0, BackoffOptions::default()), 0);
+        assert_eq!(backoff(u32::MAX, BackoffOptions::default()), 30_000);
+        let steep = BackoffOptions {
+            factor: 1e6,
+            ..BackoffOptions::default()
+        };
+        assert_eq!(backoff(7, steep), 30_000);
+    }
+}

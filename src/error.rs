@@ -1,0 +1,214 @@
+//! The one error type of the crate, and the reasons a frame could not be sent.
+
+use std::{fmt, io, sync::Arc};
+
+use crate::{http::StatusCode, protocol::ProtocolError};
+
+/// Everything that can go wrong while connecting or while connected.
+///
+/// Every message says what happened and what to do about it. The enum is `#[non_exhaustive]`:
+/// match the variants you handle and keep a catch-all arm.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL could not be used: it does not parse, is not `ws://` or `wss://`, or has no host.
+    InvalidUrl {
+        /// The URL, with any user name and password removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request header name or value is not valid HTTP (e.g. it contains CR or LF).
+    /// The value itself is never included: it may be a secret.
+    InvalidHeader {
+        /// The header name, as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The [`ConnectOptions`](crate::ConnectOptions) cannot be used (e.g. a root certificate that
+    /// does not parse).
+    InvalidOptions(String),
+    /// The host name could not be resolved or the TCP connection could not be made.
+    Connect(String),
+    /// The TLS handshake failed (e.g. the certificate is not trusted).
+    Tls(String),
+    /// A step did not finish in time.
+    Timeout(Timeout),
+    /// The server answered the upgrade request with a status other than `101 Switching Protocols`.
+    Rejected {
+        /// The HTTP status the server sent.
+        status: StatusCode,
+    },
+    /// The server's `101` response is not a valid WebSocket handshake (RFC 6455 §4.1).
+    Handshake(String),
+    /// The server broke the WebSocket protocol; the client failed the connection.
+    Protocol(ProtocolError),
+    /// The connection failed while open (reset, broken pipe, or closed without a close frame).
+    Io(Arc<io::Error>),
+    /// A frame could not be sent.
+    Send(SendError),
+}
+
+/// Which step of a connection's life took too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// Resolving the host and opening the TCP connection.
+    Connect,
+    /// The TLS handshake.
+    Tls,
+    /// Waiting for the server's answer to the upgrade request.
+    Upgrade,
+    /// Waiting for the server to complete the close handshake.
+    Close,
+    /// Waiting for a pong (or any frame) after a keepalive ping.
+    Pong,
+}
+
+impl Error {
+    /// Whether retrying the same request cannot help: the URL, a header or the options are
+    /// invalid. The default [`handle_disconnect`](crate::MinchHandler::handle_disconnect) stops
+    /// the client on these instead of retrying forever.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidUrl { .. } | Error::InvalidHeader { .. } | Error::InvalidOptions(_)
+        )
+    }
+
+    /// Whether this is a timeout, and of which step.
+    pub fn timeout(&self) -> Option<Timeout> {
+        match self {
+            Error::Timeout(kind) => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a rejected upgrade.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::Rejected { status } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(error: io::Error) -> Self {
+        Error::Io(Arc::new(error))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidUrl { url, reason } => write!(
+                f,
+                "invalid WebSocket URL {url:?}: {reason}; use ws://host[:port]/path or wss://…"
+            ),
+            Error::InvalidHeader { name, reason } => write!(
+                f,
+                "invalid request header {name:?}: {reason}; header values must not contain CR, LF or NUL"
+            ),
+            Error::InvalidOptions(reason) => write!(f, "invalid connect options: {reason}"),
+            Error::Connect(reason) => write!(
+                f,
+                "could not connect: {reason}; check the host, the port and that the server is running"
+            ),
+            Error::Tls(reason) => write!(
+                f,
+                "TLS handshake failed: {reason}; to trust a private CA add it with TlsOptions::add_root_certificate"
+            ),
+            Error::Timeout(Timeout::Connect) => write!(
+                f,
+                "timed out resolving the host or opening the TCP connection; raise ConnectOptions::connect_timeout or check the network"
+            ),
+            Error::Timeout(Timeout::Tls) => write!(
+                f,
+                "timed out in the TLS handshake; raise ConnectOptions::tls_timeout or check that the port speaks TLS"
+            ),
+            Error::Timeout(Timeout::Upgrade) => write!(
+                f,
+                "the server did not answer the WebSocket upgrade in time; raise ConnectOptions::upgrade_timeout or check the URL's path"
+            ),
+            Error::Timeout(Timeout::Close) => write!(
+                f,
+                "the server did not complete the close handshake in time; the connection was dropped"
+            ),
+            Error::Timeout(Timeout::Pong) => write!(
+                f,
+                "no pong (nor any frame) arrived within the pong timeout; the peer or the network is gone"
+            ),
+            Error::Rejected { status } => write!(
+                f,
+                "the server rejected the WebSocket upgrade with HTTP {status}; check the URL, credentials and headers"
+            ),
+            Error::Handshake(reason) => {
+                write!(f, "the server's upgrade response is not valid: {reason}")
+            }
+            Error::Protocol(error) => write!(f, "protocol error: {error}"),
+            Error::Io(error) => write!(f, "connection failed: {error}"),
+            Error::Send(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Protocol(error) => Some(error),
+            Error::Io(error) => Some(error.as_ref()),
+            Error::Send(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(error: ProtocolError) -> Self {
+        Error::Protocol(error)
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(error: SendError) -> Self {
+        Error::Send(error)
+    }
+}
+
+/// Why a frame was not sent. A frame is either written to the connection or its sender gets
+/// one of these: nothing is dropped silently, nothing is buffered for a later connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The client is connecting or waiting to reconnect. Send again after `handle_connect`.
+    NotConnected,
+    /// The close handshake has begun; no more frames may be sent on this connection.
+    Closing,
+    /// The connection was lost before the frame could be written to it.
+    ConnectionLost,
+    /// The client has stopped and will not connect again.
+    Stopped,
+    /// The frame is not valid to send (e.g. a ping payload over 125 bytes, or a reserved
+    /// close code).
+    InvalidFrame(ProtocolError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NotConnected => write!(
+                f,
+                "not connected: the client is connecting or waiting to reconnect; send after handle_connect"
+            ),
+            SendError::Closing => write!(f, "the connection is closing; no more frames can be sent"),
+            SendError::ConnectionLost => write!(
+                f,
+                "the connection was lost before the frame was written; it was not sent"
+            ),
+            SendError::Stopped => write!(f, "the client has stopped"),
+            SendError::InvalidFrame(error) => write!(f, "invalid frame: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}

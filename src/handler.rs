@@ -1,0 +1,292 @@
+//! The behaviour a user implements: [`MinchHandler`], and what its callbacks receive and return.
+
+use std::{error::Error as StdError, fmt, time::Duration};
+
+use actix::{Addr, AsyncContext, SpawnHandle};
+
+use crate::{
+    backoff::{backoff_duration, BackoffOptions},
+    client::{Client, Info},
+    frame::{CloseCode, CloseFrame, Frame},
+    options::ConnectRequest,
+    transport::Response,
+    Error,
+};
+
+/// A WebSocket client behaviour, run by [`Client`]: Minch's callbacks as a Rust trait.
+///
+/// Only [`connect`](Self::connect) and [`handle_frame`](Self::handle_frame) are required; every
+/// other callback has Minch's default. The order of calls for one client is:
+///
+/// 1. [`init`](Self::init), once;
+/// 2. [`connect`](Self::connect), before **every** attempt (so credentials can be refreshed);
+/// 3. [`handle_connect`](Self::handle_connect) after the server accepted the upgrade, or
+///    [`handle_disconnect`](Self::handle_disconnect) if the attempt failed;
+/// 4. [`handle_frame`](Self::handle_frame) for each text, binary or pong frame, and
+///    [`handle_info`](Self::handle_info) for each message sent to the client, connected or not;
+/// 5. [`handle_disconnect`](Self::handle_disconnect) when the connection ends, which decides
+///    whether to reconnect (back to 2) or stop;
+/// 6. [`terminate`](Self::terminate), once, when the client stops.
+///
+/// ```no_run
+/// use minch::{Client, ClientContext, ConnectRequest, Frame, MinchHandler, Reply, Response};
+///
+/// struct Echo;
+///
+/// impl MinchHandler for Echo {
+///     type Info = ();
+///
+///     fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+///         "ws://127.0.0.1:4000/echo".into()
+///     }
+///
+///     fn handle_connect(&mut self, _response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+///         Reply::Send(Frame::text("hello"))
+///     }
+///
+///     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+///         println!("received {frame:?}");
+///         Reply::Continue
+///     }
+/// }
+///
+/// #[actix_rt::main]
+/// async fn main() {
+///     let _client = Client::start(Echo);
+///     actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
+/// }
+/// ```
+pub trait MinchHandler: Sized + Unpin + 'static {
+    /// The type of the messages [`handle_info`](Self::handle_info) receives: sent to the client's
+    /// address as [`Info`], or scheduled with [`ClientContext::send_info_after`]. Use `()` if
+    /// the handler needs none.
+    type Info: 'static;
+
+    /// Runs once when the client starts, before the first connection attempt. An error stops
+    /// the client: [`terminate`](Self::terminate) gets [`StopReason::InitFailed`].
+    fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn StdError>> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Says where to connect. Runs before every attempt, including reconnects.
+    fn connect(&mut self, ctx: &mut ClientContext<'_, Self>) -> ConnectRequest;
+
+    /// The server accepted the upgrade; `response` has its status (101) and headers.
+    fn handle_connect(&mut self, response: &Response, ctx: &mut ClientContext<'_, Self>) -> Reply {
+        let _ = (response, ctx);
+        Reply::Continue
+    }
+
+    /// The connection ended, or an attempt failed. `attempt` counts the failures since the last
+    /// successful upgrade, starting at 1.
+    ///
+    /// Default: stop if the request itself is invalid ([`Error::is_config`]), otherwise
+    /// reconnect after [`backoff`](crate::backoff)`(attempt, BackoffOptions::default())`.
+    fn handle_disconnect(
+        &mut self,
+        reason: &DisconnectReason,
+        attempt: u32,
+        ctx: &mut ClientContext<'_, Self>,
+    ) -> Reconnect {
+        let _ = ctx;
+        match reason {
+            DisconnectReason::Error(error) if error.is_config() => Reconnect::Stop,
+            _ => Reconnect::After(backoff_duration(attempt, BackoffOptions::default())),
+        }
+    }
+
+    /// A text, binary or pong frame arrived. Pings are answered and close frames are handled by
+    /// the client; they never reach this callback.
+    fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply;
+
+    /// A message sent to the client with [`Info`] or [`ClientContext::send_info_after`]. Runs
+    /// whether or not the client is connected.
+    fn handle_info(&mut self, info: Self::Info, ctx: &mut ClientContext<'_, Self>) -> Reply {
+        let _ = (info, ctx);
+        Reply::Continue
+    }
+
+    /// Something went wrong that the handler should know about: a reply that could not be sent,
+    /// or a protocol violation by the server (followed by `handle_disconnect`).
+    ///
+    /// Default: log at error level and carry on.
+    fn handle_error(&mut self, error: Error, ctx: &mut ClientContext<'_, Self>) -> Reply {
+        let _ = ctx;
+        log::error!("minch client: {error}");
+        Reply::Continue
+    }
+
+    /// The client is about to stop. Runs once.
+    fn terminate(&mut self, reason: &StopReason, ctx: &mut ClientContext<'_, Self>) {
+        let _ = (reason, ctx);
+    }
+}
+
+/// What a callback asks the client to do next — Minch's `{:ok, state}`, `{:reply, frames, state}`,
+/// `{:close, code, reason, state}` and `{:stop, reason, state}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "the client acts on the reply; return it from the callback"]
+pub enum Reply {
+    /// Carry on.
+    Continue,
+    /// Send one frame.
+    Send(Frame),
+    /// Send several frames, in order.
+    SendAll(Vec<Frame>),
+    /// Start the close handshake with this code and reason; then
+    /// [`handle_disconnect`](MinchHandler::handle_disconnect) decides what follows.
+    Close(CloseFrame),
+    /// Close the connection (code 1000) and stop the client; [`terminate`](MinchHandler::terminate)
+    /// gets [`StopReason::Requested`] with this reason.
+    Stop(String),
+}
+
+impl Reply {
+    /// [`Reply::Close`] with a code and a reason.
+    pub fn close(code: impl Into<CloseCode>, reason: impl Into<String>) -> Self {
+        Reply::Close(CloseFrame::new(code, reason))
+    }
+
+    /// [`Reply::Stop`] with a reason.
+    pub fn stop(reason: impl Into<String>) -> Self {
+        Reply::Stop(reason.into())
+    }
+}
+
+impl From<Frame> for Reply {
+    fn from(frame: Frame) -> Self {
+        Reply::Send(frame)
+    }
+}
+
+/// What [`handle_disconnect`](MinchHandler::handle_disconnect) decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconnect {
+    /// Connect again after this delay.
+    After(Duration),
+    /// Stop the client.
+    Stop,
+}
+
+/// Why a connection ended or an attempt failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server started the close handshake; `None` if its close frame had no status code.
+    ServerClosed(Option<CloseFrame>),
+    /// A callback closed the connection with [`Reply::Close`].
+    ClientClosed(CloseFrame),
+    /// The attempt or the connection failed: DNS or TCP failure, TLS, a rejected upgrade, a
+    /// timeout, a protocol violation, or a transport error. See [`Error`].
+    Error(Error),
+}
+
+impl DisconnectReason {
+    /// The close code, when the connection ended with a close handshake.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            DisconnectReason::ServerClosed(frame) => {
+                Some(frame.as_ref().map_or(CloseCode::NO_STATUS, |frame| frame.code))
+            }
+            DisconnectReason::ClientClosed(frame) => Some(frame.code),
+            DisconnectReason::Error(_) => None,
+        }
+    }
+
+    /// The error, when the connection or the attempt failed.
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            DisconnectReason::Error(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::ServerClosed(Some(frame)) => write!(f, "the server closed: {frame}"),
+            DisconnectReason::ServerClosed(None) => write!(f, "the server closed (no status)"),
+            DisconnectReason::ClientClosed(frame) => write!(f, "the client closed: {frame}"),
+            DisconnectReason::Error(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Why the client stopped: what [`terminate`](MinchHandler::terminate) receives.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// A [`Close`](crate::Close) message asked the client to close and stop.
+    Closed,
+    /// A callback returned [`Reply::Stop`] with this reason.
+    Requested(String),
+    /// [`init`](MinchHandler::init) failed with this message.
+    InitFailed(String),
+    /// [`handle_disconnect`](MinchHandler::handle_disconnect) returned [`Reconnect::Stop`].
+    Disconnected(DisconnectReason),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Closed => write!(f, "closed"),
+            StopReason::Requested(reason) => write!(f, "stopped: {reason}"),
+            StopReason::InitFailed(reason) => write!(f, "init failed: {reason}"),
+            StopReason::Disconnected(reason) => write!(f, "not reconnecting after: {reason}"),
+        }
+    }
+}
+
+/// What callbacks can do besides replying: reach the client's address, schedule messages to
+/// themselves, ask about the connection.
+pub struct ClientContext<'a, H: MinchHandler> {
+    pub(crate) actor: &'a mut actix::Context<Client<H>>,
+    pub(crate) connected: bool,
+    pub(crate) attempt: u32,
+}
+
+impl<H: MinchHandler> ClientContext<'_, H> {
+    /// The client's address. It stays valid across reconnects.
+    pub fn address(&self) -> Addr<Client<H>> {
+        self.actor.address()
+    }
+
+    /// Delivers `info` to [`handle_info`](MinchHandler::handle_info) after `delay` — Elixir's
+    /// `Process.send_after(self(), info, delay)`. Returns a handle for [`cancel`](Self::cancel).
+    pub fn send_info_after(&mut self, delay: Duration, info: H::Info) -> SpawnHandle {
+        self.actor.notify_later(Info(info), delay)
+    }
+
+    /// Delivers `info` to [`handle_info`](MinchHandler::handle_info) as soon as the current
+    /// callback returns.
+    pub fn send_info(&mut self, info: H::Info) {
+        self.actor.notify(Info(info));
+    }
+
+    /// Cancels a message scheduled with [`send_info_after`](Self::send_info_after). Returns
+    /// whether it was still pending.
+    pub fn cancel(&mut self, handle: SpawnHandle) -> bool {
+        self.actor.cancel_future(handle)
+    }
+
+    /// Whether the WebSocket is open (upgraded and not closing).
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Failures since the last successful upgrade (0 while connected).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl<H: MinchHandler> fmt::Debug for ClientContext<'_, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientContext")
+            .field("connected", &self.connected)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,120 @@
+//! # minch — a WebSocket client for actix that stays connected
+//!
+//! A port of Elixir's [Minch](https://hexdocs.pm/minch) to Rust and [actix]: write a handler
+//! type, implement [`MinchHandler`] for it, and [`Client`] runs it — connecting, answering pings,
+//! completing close handshakes, reassembling fragmented messages, validating UTF-8, and
+//! reconnecting with [`backoff`] when the connection drops.
+//!
+//! ## A client
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use minch::{Client, ClientContext, ConnectRequest, Frame, MinchHandler, Reply, Response, SendFrame};
+//!
+//! struct Ticker {
+//!     received: usize,
+//! }
+//!
+//! impl MinchHandler for Ticker {
+//!     type Info = ();
+//!
+//!     // Runs before every attempt: the place to refresh a token.
+//!     fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+//!         ("wss://feed.example.com/ticks", vec![("authorization", "Bearer secret")]).into()
+//!     }
+//!
+//!     fn handle_connect(&mut self, _response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+//!         Reply::Send(Frame::text(r#"{"subscribe":"BTC-USD"}"#))
+//!     }
+//!
+//!     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+//!         self.received += 1;
+//!         if let Some(text) = frame.as_text() {
+//!             println!("tick: {text}");
+//!         }
+//!         Reply::Continue
+//!     }
+//! }
+//!
+//! #[actix_rt::main]
+//! async fn main() {
+//!     let client = Client::start(Ticker { received: 0 });
+//!     actix_rt::time::sleep(Duration::from_secs(1)).await;
+//!     // Fails with SendError::NotConnected unless the client is connected: nothing is queued.
+//!     let _ = client.send(SendFrame(Frame::text("ping"))).await;
+//!     client.send(minch::Close).await.unwrap();
+//! }
+//! ```
+//!
+//! ## The callbacks
+//!
+//! | callback | when | default |
+//! |---|---|---|
+//! | [`init`](MinchHandler::init) | once, at start | ok |
+//! | [`connect`](MinchHandler::connect) | before every attempt | required |
+//! | [`handle_connect`](MinchHandler::handle_connect) | after the `101` | continue |
+//! | [`handle_frame`](MinchHandler::handle_frame) | text, binary, pong | required |
+//! | [`handle_info`](MinchHandler::handle_info) | an [`Info`] message, connected or not | continue |
+//! | [`handle_error`](MinchHandler::handle_error) | a reply could not be sent; a protocol error | log, continue |
+//! | [`handle_disconnect`](MinchHandler::handle_disconnect) | the connection ended or an attempt failed | reconnect after `backoff(attempt)` |
+//! | [`terminate`](MinchHandler::terminate) | once, when stopping | nothing |
+//!
+//! `handle_connect`, `handle_frame`, `handle_info` and `handle_error` return a [`Reply`]:
+//! [`Continue`](Reply::Continue), [`Send`](Reply::Send) / [`SendAll`](Reply::SendAll) frames,
+//! [`Close`](Reply::Close) the connection, or [`Stop`](Reply::Stop) the client.
+//!
+//! ## Reconnecting
+//!
+//! `attempt` counts the failures since the last successful upgrade, so a server that keeps
+//! refusing the upgrade is retried with a growing delay. [`backoff`] is Minch's formula,
+//! `round(min * attempt^factor)` capped at `max`:
+//!
+//! ```
+//! use minch::{backoff, BackoffOptions};
+//!
+//! let delays: Vec<u64> = (1..=5).map(|a| backoff(a, BackoffOptions::default())).collect();
+//! assert_eq!(delays, [200, 800, 1800, 3200, 5000]);
+//! ```
+//!
+//! ## Sending
+//!
+//! [`SendFrame`] resolves once the frame has been written to the socket, or with a
+//! [`SendError`] saying why not. A client that is not connected answers
+//! [`SendError::NotConnected`] at once: frames are never buffered for a later connection.
+//!
+//! ## TLS
+//!
+//! `wss://` uses rustls with the bundled Mozilla roots. Add a private CA with
+//! [`TlsOptions::add_root_certificate`]; [`TlsOptions::danger_accept_invalid_certs`] turns
+//! verification off, for tests only.
+#![deny(missing_docs, missing_debug_implementations)]
+#![warn(rust_2018_idioms)]
+
+mod backoff;
+mod client;
+mod connection;
+mod error;
+mod frame;
+mod handler;
+mod options;
+mod protocol;
+mod tls;
+mod transport;
+
+/// HTTP types used in handshakes, re-exported from awc.
+pub mod http {
+    pub use awc::http::{header, header::HeaderMap, StatusCode};
+}
+
+pub use crate::{
+    backoff::{backoff, backoff_duration, BackoffOptions},
+    client::{Client, Close, Info, SendFrame},
+    connection::Deferred,
+    error::{Error, SendError, Timeout},
+    frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
+    handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
+    options::{ConnectOptions, ConnectRequest, TlsOptions},
+    protocol::{Limits, ProtocolError},
+    transport::Response,
+};

@@ -1,0 +1,230 @@
+//! Opening a connection: URL and header checks, TCP/TLS through awc, the HTTP upgrade, and the
+//! switch from awc's frame codec to ours.
+
+use std::time::{Duration, Instant};
+
+use actix_codec::Framed;
+use awc::{
+    error::{ConnectError, SendRequestError, WsClientError},
+    http::{
+        header::{self, HeaderMap, HeaderName, HeaderValue},
+        StatusCode, Uri,
+    },
+    BoxedSocket,
+};
+
+use crate::{
+    options::{redact_userinfo, ConnectRequest},
+    protocol::Codec,
+    tls, Error,
+};
+
+/// An open WebSocket connection, framed by our codec.
+pub(crate) type Transport = Framed<BoxedSocket, Codec>;
+
+/// The server's answer to a successful upgrade.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The HTTP status: always `101 Switching Protocols`.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+}
+
+impl Response {
+    /// The subprotocol the server selected, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|value| value.to_str().ok())
+    }
+}
+
+/// Connects, upgrades and hands back the connection, or the reason it could not be opened.
+pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transport), Error> {
+    let uri = parse_url(&request.url)?;
+    let headers = parse_headers(&request.headers)?;
+    let options = &request.options;
+    let secure = uri.scheme_str() == Some("wss");
+
+    let mut connector = awc::Connector::new()
+        .timeout(options.connect_timeout)
+        .handshake_timeout(options.tls_timeout)
+        // awc pools at most 100 connections by default and an upgraded connection holds its
+        // slot: the 101st WebSocket would wait and time out. Each attempt gets its own
+        // unlimited connector instead.
+        .limit(0);
+    if secure {
+        connector = connector.rustls_0_23(tls::client_config(&options.tls)?);
+    }
+    // awc's request timeout covers the whole opening handshake; the TCP and TLS steps have
+    // their own, shorter timeouts inside it.
+    let mut handshake_budget = options.connect_timeout + options.upgrade_timeout;
+    if secure {
+        handshake_budget += options.tls_timeout;
+    }
+    let client = awc::Client::builder()
+        .connector(connector)
+        .no_default_headers()
+        .add_default_header((header::USER_AGENT, concat!("minch/", env!("CARGO_PKG_VERSION"))))
+        .timeout(handshake_budget)
+        .finish();
+
+    let mut ws = client.ws(uri);
+    for (name, value) in headers {
+        ws = ws.header(name, value);
+    }
+    if !options.subprotocols.is_empty() {
+        ws = ws.protocols(&options.subprotocols);
+    }
+    if let Some(origin) = &options.origin {
+        let origin = HeaderValue::try_from(origin.as_str()).map_err(|_| Error::InvalidHeader {
+            name: "origin".into(),
+            reason: "not a valid header value".into(),
+        })?;
+        ws = ws.origin(origin);
+    }
+
+    let started = Instant::now();
+    let (response, framed) = ws.connect().await.map_err(|error| {
+        classify(error, secure, started.elapsed(), options.connect_timeout)
+    })?;
+    let response = Response {
+        status: response.status(),
+        headers: response.headers().clone(),
+    };
+    check_negotiation(&response, &options.subprotocols)?;
+
+    // `into_map_codec` keeps the read buffer: frames that arrived together with the 101 stay.
+    let transport = framed.into_map_codec(|_| Codec::new(options.limits()));
+    Ok((response, transport))
+}
+
+fn parse_url(url: &str) -> Result<Uri, Error> {
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: redact_userinfo(url),
+        reason: reason.to_owned(),
+    };
+    let uri = Uri::try_from(url).map_err(|error| invalid(&error.to_string()))?;
+    match uri.scheme_str() {
+        Some("ws" | "wss") => {}
+        Some(other) => return Err(invalid(&format!("the scheme is {other:?}, not ws or wss"))),
+        None => return Err(invalid("the scheme is missing")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("the host is missing"));
+    }
+    Ok(uri)
+}
+
+fn parse_headers(headers: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let invalid = |reason: &str| Error::InvalidHeader {
+                name: name.clone(),
+                reason: reason.to_owned(),
+            };
+            let parsed_name = HeaderName::try_from(name.as_str())
+                .map_err(|_| invalid("not a valid header name"))?;
+            let mut parsed_value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| invalid("the value is not a valid header value"))?;
+            if is_secret(&parsed_name) {
+                // Keeps the value out of any Debug output awc or the user might print.
+                parsed_value.set_sensitive(true);
+            }
+            Ok((parsed_name, parsed_value))
+        })
+        .collect()
+}
+
+fn is_secret(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::COOKIE
+        || name.as_str().contains("token")
+        || name.as_str().contains("key")
+}
+
+/// RFC 6455 §4.1: the client must fail the connection if the server selects a subprotocol or an
+/// extension it did not offer. minch offers no extensions yet.
+fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Error> {
+    if let Some(chosen) = response.headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
+        let chosen = chosen.to_str().unwrap_or_default();
+        if !offered.iter().any(|protocol| protocol == chosen) {
+            return Err(Error::Handshake(format!(
+                "the server selected subprotocol {chosen:?}, which was not offered"
+            )));
+        }
+    }
+    if let Some(extensions) = response.headers.get(header::SEC_WEBSOCKET_EXTENSIONS) {
+        if !extensions.as_bytes().iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::Handshake(format!(
+                "the server enabled extensions {extensions:?}, which were not offered"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Turns awc's error into ours. awc reports the TCP and the TLS timeout alike; the TCP one fires
+/// exactly `connect_timeout` after the start, so the elapsed time tells them apart.
+fn classify(error: WsClientError, secure: bool, elapsed: Duration, tcp_timeout: Duration) -> Error {
+    use crate::error::Timeout;
+    match error {
+        WsClientError::InvalidResponseStatus(status) => Error::Rejected { status },
+        WsClientError::SendRequest(SendRequestError::Timeout) => Error::Timeout(Timeout::Upgrade),
+        WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Timeout)) => {
+            let tcp_timer_fired =
+                elapsed >= tcp_timeout && elapsed < tcp_timeout + Duration::from_millis(250);
+            if secure && !tcp_timer_fired {
+                Error::Timeout(Timeout::Tls)
+            } else {
+                Error::Timeout(Timeout::Connect)
+            }
+        }
+        WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Io(error)))
+            if secure && error.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Error::Tls(error.to_string())
+        }
+        WsClientError::SendRequest(SendRequestError::Connect(error)) => {
+            Error::Connect(error.to_string())
+        }
+        WsClientError::SendRequest(SendRequestError::Url(error)) => Error::InvalidUrl {
+            url: String::new(),
+            reason: error.to_string(),
+        },
+        WsClientError::SendRequest(SendRequestError::Send(error)) => Error::io(error),
+        WsClientError::SendRequest(error) => Error::Handshake(error.to_string()),
+        WsClientError::Protocol(error) => Error::Handshake(error.to_string()),
+        other => Error::Handshake(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_other_than_ws_and_wss_are_refused() {
+        assert!(parse_url("ws://127.0.0.1:1/x").is_ok());
+        assert!(parse_url("wss://example.com").is_ok());
+        for bad in ["http://example.com", "example.com", "ws://", "ws://exa mple.com", ""] {
+            assert!(
+                matches!(parse_url(bad), Err(Error::InvalidUrl { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_with_line_breaks_are_refused_without_echoing_them() {
+        let headers = vec![("x-token".to_string(), "abc\r\nevil: 1".to_string())];
+        let error = parse_headers(&headers).unwrap_err();
+        assert!(matches!(&error, Error::InvalidHeader { name, .. } if name == "x-token"));
+        assert!(!error.to_string().contains("evil"));
+        let bad_name = vec![("bad name".to_string(), "v".to_string())];
+        assert!(parse_headers(&bad_name).is_err());
+    }
+}
