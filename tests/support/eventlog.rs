@@ -92,7 +92,12 @@ impl<T: Clone> EventLog<T> {
     }
 
     /// Async: wait until at least `n` events match `matcher`; false on timeout.
-    pub async fn wait_count(&self, matcher: impl Fn(&T) -> bool, n: usize, timeout: Duration) -> bool {
+    pub async fn wait_count(
+        &self,
+        matcher: impl Fn(&T) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> bool {
         wait_until(timeout, || self.count(&matcher) >= n).await
     }
 
@@ -102,7 +107,11 @@ impl<T: Clone> EventLog<T> {
     }
 
     /// Blocking twin of [`EventLog::wait_event`] (not for use inside an async test).
-    pub fn wait_event_blocking(&self, matcher: impl Fn(&T) -> bool, timeout: Duration) -> Option<T> {
+    pub fn wait_event_blocking(
+        &self,
+        matcher: impl Fn(&T) -> bool,
+        timeout: Duration,
+    ) -> Option<T> {
         let mut found = None;
         wait_until_blocking(timeout, || {
             found = self.find(&matcher);

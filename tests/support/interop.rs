@@ -160,6 +160,10 @@ fn provision_python() -> Result<PathBuf, String> {
     static DONE: Mutex<Option<Result<(), String>>> = Mutex::new(None);
     let venv = interop_dir().join("venv");
     let marker = venv.join(format!(".minch-ready-websockets-{PY_WEBSOCKETS_VERSION}"));
+    // A venv whose interpreter went away (e.g. a different Python now) is provisioned anew.
+    if !venv.join("bin").join("python").exists() {
+        let _ = fs::remove_file(&marker);
+    }
     provision_once(&DONE, "python", &marker, || {
         let base = std::env::var("MINCH_PYTHON").unwrap_or_else(|_| "python3".into());
         let logs = interop_dir().join("logs");
@@ -245,7 +249,10 @@ fn provision_once(
             return Ok(()); // another process finished meanwhile
         }
         let started = Instant::now();
-        eprintln!("[support] provisioning {what} interop peer under {}", root.display());
+        eprintln!(
+            "[support] provisioning {what} interop peer under {}",
+            root.display()
+        );
         install().map_err(|e| format!("provisioning {what} failed: {e}"))?;
         let parent = marker.parent().unwrap_or(&root);
         let tmp = parent.join(format!(".marker-{}", std::process::id()));
@@ -429,7 +436,12 @@ fn start_child(name: &'static str, mut cmd: Command) -> Result<ExternalServer, S
             Ok(port) if port != 0 => port,
             _ => return Err(failure(&mut child, format!("printed {line:?}, not a port"))),
         },
-        Ok(_) => return Err(failure(&mut child, "exited before printing its port".into())),
+        Ok(_) => {
+            return Err(failure(
+                &mut child,
+                "exited before printing its port".into(),
+            ))
+        }
         Err(_) => {
             return Err(failure(
                 &mut child,

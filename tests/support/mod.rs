@@ -15,25 +15,25 @@
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
-mod interop;
 mod bg;
 mod eventlog;
+mod interop;
 mod proxy;
 mod raw;
 mod server;
 
+pub use self::bg::MAX_PEER_LIFETIME;
+pub use self::eventlog::EventLog;
 pub use self::interop::{
     interop_dir, node_echo_server, python_echo_server, ExternalServer, NODE_WS_VERSION,
     PY_WEBSOCKETS_VERSION,
 };
-pub use self::bg::MAX_PEER_LIFETIME;
-pub use self::eventlog::EventLog;
 pub use self::proxy::{Proxy, ProxyMode};
 pub use self::raw::{
-    base64, binary_frame, close_frame, decode_frame, frame_bytes, frame_header,
-    masked_frame_bytes, scripted_ws_server, scripted_ws_server_seq, sec_websocket_accept, sha1,
-    silent_tcp_server, text_frame, ClientFrame, Handshake, LenForm, RawEvent, RawFrame,
-    ScriptedServer, SilentServer, Step, WS_GUID,
+    base64, binary_frame, close_frame, decode_frame, frame_bytes, frame_header, masked_frame_bytes,
+    scripted_ws_server, scripted_ws_server_seq, sec_websocket_accept, sha1, silent_tcp_server,
+    text_frame, ClientFrame, Handshake, LenForm, RawEvent, RawFrame, ScriptedServer, SilentServer,
+    Step, WS_GUID,
 };
 pub use self::server::{ServerEvent, TestServer};
 

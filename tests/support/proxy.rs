@@ -61,7 +61,10 @@ impl Proxy {
 
     /// Proxy on an OS-chosen port to `target` (must be a loopback address).
     pub fn start_to(target: SocketAddr) -> Proxy {
-        assert!(target.ip().is_loopback(), "the test proxy only forwards to loopback");
+        assert!(
+            target.ip().is_loopback(),
+            "the test proxy only forwards to loopback"
+        );
         let listener = bind_local(0);
         let addr = listener.local_addr().expect("local addr");
         let (control, _) = watch::channel(Control {
@@ -194,7 +197,8 @@ async fn forward(
     _active: ActiveGuard,
 ) {
     let start = *ctl.borrow_and_update();
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
+    {
         Ok(Ok(s)) => s,
         _ => {
             let _ = client.set_zero_linger();

@@ -21,7 +21,7 @@ const HEAD_WAIT: Duration = Duration::from_secs(10);
 /// Largest frame payload the decoder accepts from a client.
 const MAX_CLIENT_PAYLOAD: u64 = 64 * 1024 * 1024;
 /// The GUID of RFC 6455 section 1.3.
-pub const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC11B3B";
+pub const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 // ---------------------------------------------------------------------------------------
 // SHA-1, base64, Sec-WebSocket-Accept
@@ -29,7 +29,13 @@ pub const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC11B3B";
 
 /// SHA-1 digest (FIPS 180-4). Only for the handshake; not for anything secret.
 pub fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+    let mut h: [u32; 5] = [
+        0x6745_2301,
+        0xEFCD_AB89,
+        0x98BA_DCFE,
+        0x1032_5476,
+        0xC3D2_E1F0,
+    ];
     let mut msg = data.to_vec();
     let bit_len = (data.len() as u64).wrapping_mul(8);
     msg.push(0x80);
@@ -78,11 +84,14 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
 
 /// Standard base64 (RFC 4648, with padding).
 pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -203,12 +212,7 @@ impl RawFrame {
     pub fn bytes(&self) -> Vec<u8> {
         let mut out = self.header();
         match self.mask {
-            Some(key) => out.extend(
-                self.payload
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ key[i % 4]),
-            ),
+            Some(key) => out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4])),
             None => out.extend_from_slice(&self.payload),
         }
         out
@@ -591,19 +595,40 @@ pub enum Step {
 /// What the scripted server saw, per connection (`conn` counts from 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawEvent {
-    Accepted { conn: usize },
+    Accepted {
+        conn: usize,
+    },
     /// The request head, up to and including the blank line, as text.
-    Request { conn: usize, head: String },
-    Frame { conn: usize, frame: ClientFrame },
+    Request {
+        conn: usize,
+        head: String,
+    },
+    Frame {
+        conn: usize,
+        frame: ClientFrame,
+    },
     /// The client closed its side (read returned 0).
-    Eof { conn: usize },
+    Eof {
+        conn: usize,
+    },
     /// A wait step timed out.
-    StepTimeout { conn: usize, step: String },
-    Error { conn: usize, error: String },
+    StepTimeout {
+        conn: usize,
+        step: String,
+    },
+    Error {
+        conn: usize,
+        error: String,
+    },
     /// The server closed (`Close`) or reset (`Reset`) the connection.
-    Closed { conn: usize, reset: bool },
+    Closed {
+        conn: usize,
+        reset: bool,
+    },
     /// Every step ran.
-    ScriptDone { conn: usize },
+    ScriptDone {
+        conn: usize,
+    },
 }
 
 /// A raw WebSocket server that follows a script; see [`Step`].
@@ -665,8 +690,7 @@ impl ScriptedServer {
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.log
-            .count(|e| matches!(e, RawEvent::Accepted { .. }))
+        self.log.count(|e| matches!(e, RawEvent::Accepted { .. }))
     }
 
     /// Request heads, in connection order.
@@ -778,7 +802,12 @@ fn header_value(head: &str, name: &str) -> Option<String> {
 }
 
 /// Decode frames until EOF or error, logging each.
-async fn read_frames(conn: usize, mut read: OwnedReadHalf, mut buf: Vec<u8>, log: EventLog<RawEvent>) {
+async fn read_frames(
+    conn: usize,
+    mut read: OwnedReadHalf,
+    mut buf: Vec<u8>,
+    log: EventLog<RawEvent>,
+) {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         loop {
@@ -831,7 +860,12 @@ async fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-async fn run_script(conn: usize, mut stream: TcpStream, script: Vec<Step>, log: EventLog<RawEvent>) {
+async fn run_script(
+    conn: usize,
+    mut stream: TcpStream,
+    script: Vec<Step>,
+    log: EventLog<RawEvent>,
+) {
     let _ = stream.set_nodelay(true);
     let (head, rest) = match read_head(&mut stream).await {
         Ok(parts) => parts,
@@ -877,8 +911,9 @@ async fn run_script(conn: usize, mut stream: TcpStream, script: Vec<Step>, log: 
         log.count(|e| matches!(e, RawEvent::Frame { conn: c, .. } if *c == conn))
     };
     let closed_by_client = |log: &EventLog<RawEvent>| {
-        log.count(|e| matches!(e, RawEvent::Frame { conn: c, frame } if *c == conn && frame.is_close()))
-            > 0
+        log.count(
+            |e| matches!(e, RawEvent::Frame { conn: c, frame } if *c == conn && frame.is_close()),
+        ) > 0
     };
     let eof = |log: &EventLog<RawEvent>| {
         log.count(|e| matches!(e, RawEvent::Eof { conn: c } if *c == conn)) > 0

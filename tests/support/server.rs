@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -106,11 +106,9 @@ struct Tls {
 
 impl Tls {
     fn generate() -> Tls {
-        let mut params = rcgen::CertificateParams::new(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .expect("certificate params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("certificate params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "minch test server");
@@ -246,8 +244,7 @@ impl TestServer {
 
     /// Same as `url` but with host `localhost` (matches the certificate's DNS name).
     pub fn url_localhost(&self, path: &str) -> String {
-        self.url(path)
-            .replacen("127.0.0.1", "localhost", 1)
+        self.url(path).replacen("127.0.0.1", "localhost", 1)
     }
 
     pub fn is_tls(&self) -> bool {
@@ -256,12 +253,20 @@ impl TestServer {
 
     /// DER of the self-signed certificate (TLS variant only; panics otherwise).
     pub fn cert_der(&self) -> Vec<u8> {
-        self.tls.as_ref().expect("not a TLS server").cert_der.clone()
+        self.tls
+            .as_ref()
+            .expect("not a TLS server")
+            .cert_der
+            .clone()
     }
 
     /// PEM of the self-signed certificate (TLS variant only; panics otherwise).
     pub fn cert_pem(&self) -> String {
-        self.tls.as_ref().expect("not a TLS server").cert_pem.clone()
+        self.tls
+            .as_ref()
+            .expect("not a TLS server")
+            .cert_pem
+            .clone()
     }
 
     /// The event log itself (shared; survives restarts).
@@ -398,7 +403,8 @@ impl TestServer {
     /// Start again after `stop()` on the same port (no-op when running).
     pub fn start_again(&mut self) {
         if self.running.is_none() {
-            self.run().expect("start test server again on the same port");
+            self.run()
+                .expect("start test server again on the same port");
         }
     }
 }
@@ -483,17 +489,35 @@ async fn close_route(req: HttpRequest, body: web::Payload, shared: Shr) -> HttpR
     let q = query(&req);
     let code = q.get("code").and_then(|c| c.parse::<u16>().ok());
     let reason = q.get("reason").cloned().unwrap_or_default();
-    upgrade(req, body, shared, Behaviour::Close(code.map(|c| (c, reason))), false)
+    upgrade(
+        req,
+        body,
+        shared,
+        Behaviour::Close(code.map(|c| (c, reason))),
+        false,
+    )
 }
 
 async fn ping_route(req: HttpRequest, body: web::Payload, shared: Shr) -> HttpResponse {
     let payload = query(&req).remove("payload").unwrap_or_default();
-    upgrade(req, body, shared, Behaviour::Ping(payload.into_bytes()), false)
+    upgrade(
+        req,
+        body,
+        shared,
+        Behaviour::Ping(payload.into_bytes()),
+        false,
+    )
 }
 
 async fn pong_route(req: HttpRequest, body: web::Payload, shared: Shr) -> HttpResponse {
     let payload = query(&req).remove("payload").unwrap_or_default();
-    upgrade(req, body, shared, Behaviour::Pong(payload.into_bytes()), false)
+    upgrade(
+        req,
+        body,
+        shared,
+        Behaviour::Pong(payload.into_bytes()),
+        false,
+    )
 }
 
 async fn reject401_route(req: HttpRequest, shared: Shr) -> HttpResponse {
