@@ -8,15 +8,16 @@
 //! With no URL it starts an echo server in this process, sends a few frames, restarts the
 //! server so that the client reconnects (watch the backoff in the log), sends again and exits.
 
-use std::{net::TcpListener, time::Duration};
+use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use futures_util::StreamExt as _;
 use minch::{
     Client, ClientContext, ConnectRequest, DisconnectReason, Frame, MinchHandler, Reconnect,
     Reply, Response, SendFrame,
 };
 use tokio::sync::mpsc;
+
+#[path = "support/echo_server.rs"]
+mod echo_server;
 
 /// Tells `main` what happened, so it can wait for it.
 #[derive(Debug)]
@@ -65,36 +66,6 @@ impl MinchHandler for Quickstart {
     }
 }
 
-/// An echo server on 127.0.0.1, built with actix-web and actix-ws.
-fn start_echo_server(listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
-    async fn echo(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpResponse> {
-        let (response, mut session, mut messages) = actix_ws::handle(&req, body)?;
-        actix_rt::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
-                let sent = match message {
-                    actix_ws::Message::Text(text) => session.text(text).await,
-                    actix_ws::Message::Binary(data) => session.binary(data).await,
-                    actix_ws::Message::Ping(data) => session.pong(&data).await,
-                    actix_ws::Message::Close(reason) => {
-                        let _ = session.close(reason).await;
-                        return;
-                    }
-                    _ => Ok(()),
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(response)
-    }
-    Ok(HttpServer::new(|| App::new().route("/echo", web::get().to(echo)))
-        .workers(1)
-        .shutdown_timeout(0)
-        .listen(listener)?
-        .run())
-}
-
 async fn expect(events: &mut mpsc::UnboundedReceiver<Event>, what: &str) -> Event {
     match actix_rt::time::timeout(Duration::from_secs(10), events.recv()).await {
         Ok(Some(event)) => event,
@@ -118,11 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let address = listener.local_addr()?;
-    let server = start_echo_server(listener)?;
-    let server_handle = server.handle();
-    actix_rt::spawn(server);
+    let (address, server_handle) = echo_server::start(([127, 0, 0, 1], 0).into())?;
 
     let url = format!("ws://{address}/echo");
     let client = Client::start(Quickstart { url, events: events_tx });
@@ -146,9 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Let a couple of attempts fail so the backoff shows in the log, then come back.
     actix_rt::time::sleep(Duration::from_millis(1200)).await;
-    let server = start_echo_server(TcpListener::bind(address)?)?;
-    let server_handle = server.handle();
-    actix_rt::spawn(server);
+    let (_, server_handle) = echo_server::start(address)?;
     while !matches!(expect(&mut events, "the reconnect").await, Event::Connected) {}
 
     // The same address works after the reconnect.

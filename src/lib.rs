@@ -92,6 +92,7 @@
 #![warn(rust_2018_idioms)]
 
 mod backoff;
+pub mod blocking;
 mod client;
 mod connection;
 mod error;
@@ -99,6 +100,7 @@ mod frame;
 mod handler;
 mod options;
 mod protocol;
+mod simple;
 mod tls;
 mod transport;
 
@@ -116,5 +118,6 @@ pub use crate::{
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
     options::{ConnectOptions, ConnectRequest, TlsOptions},
     protocol::{Limits, ProtocolError},
+    simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,
 };

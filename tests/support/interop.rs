@@ -212,6 +212,8 @@ fn provision_node() -> Result<PathBuf, String> {
             "--no-fund",
             "--no-update-notifier",
             "--fetch-retries=2",
+            "--fetch-retry-mintimeout=2000",
+            "--fetch-retry-maxtimeout=10000",
             "--fetch-timeout=60000",
         ])
         .arg(format!("ws@{NODE_WS_VERSION}"))

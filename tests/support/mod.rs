@@ -12,6 +12,12 @@
 //!   `websockets`, Node `ws`) installed on first use under `<target>/interop`.
 //!
 //! Everything binds 127.0.0.1 only, and every wait is bounded.
+//!
+//! Waiting: the `wait_*` methods are async (they sleep with `actix_rt::time::sleep`, so the
+//! client under test keeps running inside `#[actix_rt::test]`); each has a `*_blocking` twin
+//! for plain `#[test]`s. `TestServer::stop`/`restart`, dropping any peer, and the interop
+//! starters block the calling thread briefly (bounded); that is fine in async tests because
+//! none of these peers runs on the test's runtime.
 #![allow(dead_code)]
 #![allow(unused_imports)]
 

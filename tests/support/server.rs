@@ -279,6 +279,28 @@ impl TestServer {
         self.shared.events.snapshot()
     }
 
+    /// Text messages received so far, in order.
+    pub fn texts(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::Text(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Binary messages received so far, in order.
+    pub fn binaries(&self) -> Vec<Vec<u8>> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::Binary(b) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Forget the events recorded so far.
     pub fn clear_events(&self) {
         self.shared.events.clear()

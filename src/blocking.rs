@@ -1,0 +1,267 @@
+//! The simple API for programs without an actix System: a plain `fn main`, a thread pool, or
+//! a tokio application.
+//!
+//! awc's connections are `!Send` and need actix's single-threaded runtime, so these functions
+//! run every connection on one background thread with its own actix System, started on first
+//! use. The handles are `Send + Sync` and their calls block the calling thread.
+//!
+//! **Which flavour?** Inside an actix System (actix-web, `#[actix_rt::main]`) use
+//! [`minch::connect`](crate::connect) or the actor [`Client`](crate::Client). Anywhere else
+//! use this module. In a tokio application, call it from `tokio::task::spawn_blocking` (or
+//! accept that the calling worker thread waits while a call blocks).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use minch::{blocking, ConnectOptions, Frame};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (connection, frames) =
+//!         blocking::connect("ws://127.0.0.1:4000/echo", Vec::<(String, String)>::new(), ConnectOptions::default())?;
+//!     connection.send_frame(Frame::text("hello"))?;
+//!     println!("{:?}", frames.receive_frame(Duration::from_secs(5))?);
+//!     connection.close();
+//!     Ok(())
+//! }
+//! ```
+
+use std::{
+    sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock},
+    thread,
+    time::Duration,
+};
+
+use actix_rt::{Arbiter, ArbiterHandle, System};
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use crate::{
+    error::SendError,
+    frame::Frame,
+    handler::DisconnectReason,
+    options::ConnectOptions,
+    simple::{self, ReceiveError},
+    Error,
+};
+
+/// The background thread that runs every blocking connection.
+fn runtime() -> Result<&'static ArbiterHandle, Error> {
+    static RUNTIME: OnceLock<ArbiterHandle> = OnceLock::new();
+    if let Some(handle) = RUNTIME.get() {
+        return Ok(handle);
+    }
+    let (handle_tx, handle_rx) = std_mpsc::channel();
+    thread::Builder::new()
+        .name("minch-blocking".into())
+        .spawn(move || {
+            System::new().block_on(async move {
+                let _ = handle_tx.send(Arbiter::current());
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(|error| Error::io(error))?;
+    let handle = handle_rx.recv().map_err(|_| {
+        Error::io(std::io::Error::other("the minch-blocking runtime thread failed to start"))
+    })?;
+    Ok(RUNTIME.get_or_init(|| handle))
+}
+
+enum Command {
+    Send(Frame, std_mpsc::Sender<Result<(), SendError>>),
+    Close(std_mpsc::Sender<()>),
+}
+
+enum Event {
+    Frame(Frame),
+    Ended(DisconnectReason),
+}
+
+/// Connects and blocks until the server accepted the upgrade, or with the error that
+/// prevented it. See [`minch::connect`](crate::connect) for the arguments.
+///
+/// # Errors
+/// Whatever stopped the connection from opening, as an [`Error`].
+pub fn connect<U, K, V>(
+    url: U,
+    headers: Vec<(K, V)>,
+    options: ConnectOptions,
+) -> Result<(Connection, Frames), Error>
+where
+    U: Into<String>,
+    K: Into<String>,
+    V: Into<String>,
+{
+    let url = url.into();
+    let headers: Vec<(String, String)> = headers
+        .into_iter()
+        .map(|(name, value)| (name.into(), value.into()))
+        .collect();
+    let (opened_tx, opened_rx) = std_mpsc::channel();
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = std_mpsc::channel();
+
+    let spawned = runtime()?.spawn_fn(move || {
+        actix_rt::spawn(serve(url, headers, options, opened_tx, commands, events_tx));
+    });
+    if !spawned {
+        return Err(Error::io(std::io::Error::other(
+            "the minch-blocking runtime thread has stopped",
+        )));
+    }
+    match opened_rx.recv() {
+        Ok(Ok(())) => Ok((
+            Connection {
+                inner: Arc::new(Handle {
+                    commands: commands_tx,
+                }),
+            },
+            Frames {
+                events: Mutex::new(events_rx),
+                end: Mutex::new(None),
+            },
+        )),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(Error::io(std::io::Error::other(
+            "the connection task stopped before the handshake finished",
+        ))),
+    }
+}
+
+/// Runs one connection on the background thread: opens it, then carries out commands and
+/// forwards frames until it ends.
+async fn serve(
+    url: String,
+    headers: Vec<(String, String)>,
+    options: ConnectOptions,
+    opened: std_mpsc::Sender<Result<(), Error>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: std_mpsc::Sender<Event>,
+) {
+    let (connection, mut frames) = match simple::connect(url, headers, options).await {
+        Ok(opened_connection) => {
+            let _ = opened.send(Ok(()));
+            opened_connection
+        }
+        Err(error) => {
+            let _ = opened.send(Err(error));
+            return;
+        }
+    };
+    actix_rt::spawn(async move {
+        while let Some(frame) = frames.next().await {
+            if events.send(Event::Frame(frame)).is_err() {
+                break;
+            }
+        }
+        if let Some(end) = frames.end() {
+            let _ = events.send(Event::Ended(end.clone()));
+        }
+    });
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Send(frame, done) => {
+                let _ = done.send(connection.send_frame(frame).await);
+            }
+            Command::Close(done) => {
+                connection.close().await;
+                let _ = done.send(());
+            }
+        }
+    }
+    // Every handle is gone: dropping `connection` closes gracefully.
+}
+
+/// The sending side of a blocking connection: `Send + Sync`, cheap to clone. Dropping the last
+/// clone closes the connection gracefully.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    inner: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Send(..) => "Send",
+            Command::Close(_) => "Close",
+        })
+    }
+}
+
+impl Connection {
+    /// Sends a frame and blocks until it has been written to the socket.
+    ///
+    /// # Errors
+    /// As [`simple::Connection::send_frame`](crate::Connection::send_frame).
+    pub fn send_frame(&self, frame: Frame) -> Result<(), SendError> {
+        let (done_tx, done) = std_mpsc::channel();
+        self.inner
+            .commands
+            .send(Command::Send(frame, done_tx))
+            .map_err(|_| SendError::Stopped)?;
+        done.recv().unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// Closes the connection with code 1000 and blocks until the close handshake is over.
+    pub fn close(&self) {
+        let (done_tx, done) = std_mpsc::channel();
+        if self.inner.commands.send(Command::Close(done_tx)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+}
+
+/// The receiving side of a blocking connection: `Send + Sync`.
+#[derive(Debug)]
+pub struct Frames {
+    events: Mutex<std_mpsc::Receiver<Event>>,
+    end: Mutex<Option<DisconnectReason>>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Frame(frame) => f.debug_tuple("Frame").field(frame).finish(),
+            Event::Ended(reason) => f.debug_tuple("Ended").field(reason).finish(),
+        }
+    }
+}
+
+impl Frames {
+    /// The next frame, blocking at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ReceiveError::Timeout`] if nothing came in time; [`ReceiveError::Closed`] once the
+    /// connection has ended and every earlier frame was received.
+    pub fn receive_frame(&self, timeout: Duration) -> Result<Frame, ReceiveError> {
+        let mut end = self.end.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reason) = end.as_ref() {
+            return Err(ReceiveError::Closed(reason.clone()));
+        }
+        let events = self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match events.recv_timeout(timeout) {
+            Ok(Event::Frame(frame)) => Ok(frame),
+            Ok(Event::Ended(reason)) => {
+                *end = Some(reason.clone());
+                Err(ReceiveError::Closed(reason))
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(ReceiveError::Timeout),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                let reason = DisconnectReason::Error(Error::Send(SendError::Stopped));
+                *end = Some(reason.clone());
+                Err(ReceiveError::Closed(reason))
+            }
+        }
+    }
+}
+
+/// The handles are promised to be `Send + Sync`: this fails to compile otherwise.
+#[allow(dead_code)]
+fn assert_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Connection>();
+    send_sync::<Frames>();
+}
