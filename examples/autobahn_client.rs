@@ -102,7 +102,11 @@ async fn main() {
 
     let started = Instant::now();
     for case in 1..=count {
-        let info = run(format!("{base}/getCaseInfo?case={case}"), Duration::from_secs(10)).await;
+        let info = run(
+            format!("{base}/getCaseInfo?case={case}"),
+            Duration::from_secs(10),
+        )
+        .await;
         let id = info
             .as_deref()
             .and_then(|json| json.split("\"id\":").nth(1))

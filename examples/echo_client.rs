@@ -23,7 +23,11 @@ impl MinchHandler for EchoClient {
         self.url.as_str().into()
     }
 
-    fn handle_connect(&mut self, _response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+    fn handle_connect(
+        &mut self,
+        _response: &Response,
+        _ctx: &mut ClientContext<'_, Self>,
+    ) -> Reply {
         println!("connected to {}", self.url);
         Reply::Send(Frame::text("hello"))
     }

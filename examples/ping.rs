@@ -23,13 +23,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let (connection, mut frames) =
-        minch::connect(url, Vec::<(String, String)>::new(), ConnectOptions::default()).await?;
+    let (connection, mut frames) = minch::connect(
+        url,
+        Vec::<(String, String)>::new(),
+        ConnectOptions::default(),
+    )
+    .await?;
 
     // Instants cannot travel as text, so send the nanoseconds since a local origin.
     let origin = Instant::now();
     let sent_at = origin.elapsed().as_nanos();
-    connection.send_frame(Frame::text(sent_at.to_string())).await?;
+    connection
+        .send_frame(Frame::text(sent_at.to_string()))
+        .await?;
 
     let echo = frames.receive_frame(Duration::from_secs(5)).await?;
     let echoed: u128 = echo.as_text().ok_or("expected a text frame")?.parse()?;

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use minch::{
-    Client, ClientContext, ConnectRequest, DisconnectReason, Frame, MinchHandler, Reconnect,
-    Reply, Response, SendFrame,
+    Client, ClientContext, ConnectRequest, DisconnectReason, Frame, MinchHandler, Reconnect, Reply,
+    Response, SendFrame,
 };
 use tokio::sync::mpsc;
 
@@ -81,9 +81,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if let Some(url) = std::env::args().nth(1) {
         // Talk to the given server: send one frame, print the answer, close.
-        let client = Client::start(Quickstart { url, events: events_tx });
+        let client = Client::start(Quickstart {
+            url,
+            events: events_tx,
+        });
         expect(&mut events, "the connection").await;
-        client.send(SendFrame(Frame::text("hello from minch"))).await??;
+        client
+            .send(SendFrame(Frame::text("hello from minch")))
+            .await??;
         println!("{:?}", expect(&mut events, "an answer").await);
         client.send(minch::Close).await?;
         return Ok(());
@@ -92,12 +97,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (address, server_handle) = echo_server::start(([127, 0, 0, 1], 0).into())?;
 
     let url = format!("ws://{address}/echo");
-    let client = Client::start(Quickstart { url, events: events_tx });
+    let client = Client::start(Quickstart {
+        url,
+        events: events_tx,
+    });
     let Event::Connected = expect(&mut events, "the connection").await else {
         panic!("expected to connect first");
     };
     for n in 1..=3 {
-        client.send(SendFrame(Frame::text(format!("hello #{n}")))).await??;
+        client
+            .send(SendFrame(Frame::text(format!("hello #{n}"))))
+            .await??;
         if let Event::Echo(text) = expect(&mut events, "an echo").await {
             println!("echo: {text}");
         }

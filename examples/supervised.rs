@@ -31,7 +31,10 @@ struct Producer {
 impl MinchHandler for Producer {
     type Info = Tick;
 
-    fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn std::error::Error>> {
+    fn init(
+        &mut self,
+        ctx: &mut ClientContext<'_, Self>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         // The equivalent of `Process.send_after(self(), :produce, 5000)`.
         ctx.send_info_after(Duration::from_secs(1), Tick::Produce);
         Ok(())
@@ -82,7 +85,11 @@ impl MinchHandler for Producer {
             log::error!("giving up after {attempt} attempts: {reason}");
             return Reconnect::Stop;
         }
-        let options = BackoffOptions { min: 100, max: 10_000, factor: 1.5 };
+        let options = BackoffOptions {
+            min: 100,
+            max: 10_000,
+            factor: 1.5,
+        };
         let delay = backoff_duration(attempt, options);
         log::warn!("disconnected: {reason}; reconnecting in {delay:?}");
         Reconnect::After(delay)

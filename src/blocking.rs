@@ -58,9 +58,11 @@ fn runtime() -> Result<&'static ArbiterHandle, Error> {
                 std::future::pending::<()>().await;
             });
         })
-        .map_err(|error| Error::io(error))?;
+        .map_err(Error::io)?;
     let handle = handle_rx.recv().map_err(|_| {
-        Error::io(std::io::Error::other("the minch-blocking runtime thread failed to start"))
+        Error::io(std::io::Error::other(
+            "the minch-blocking runtime thread failed to start",
+        ))
     })?;
     Ok(RUNTIME.get_or_init(|| handle))
 }
@@ -237,11 +239,17 @@ impl Frames {
     /// [`ReceiveError::Timeout`] if nothing came in time; [`ReceiveError::Closed`] once the
     /// connection has ended and every earlier frame was received.
     pub fn receive_frame(&self, timeout: Duration) -> Result<Frame, ReceiveError> {
-        let mut end = self.end.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut end = self
+            .end
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(reason) = end.as_ref() {
             return Err(ReceiveError::Closed(reason.clone()));
         }
-        let events = self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match events.recv_timeout(timeout) {
             Ok(Event::Frame(frame)) => Ok(frame),
             Ok(Event::Ended(reason)) => {

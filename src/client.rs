@@ -175,7 +175,12 @@ impl<H: MinchHandler> Client<H> {
     // ---- the frame loop ---------------------------------------------------------------------
 
     /// Reads and handles frames, then flushes; called by the [`Driver`] on every wake-up.
-    fn drive(&mut self, generation: u64, ctx: &mut Context<Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+    fn drive(
+        &mut self,
+        generation: u64,
+        ctx: &mut Context<Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
         let Some(conn) = self.connection(generation) else {
             return Poll::Ready(());
         };
@@ -288,7 +293,10 @@ impl<H: MinchHandler> Client<H> {
         if let State::Connected(conn) = &mut self.state {
             if conn.is_open() {
                 let reason = close_reason_for(&error);
-                if conn.buffer(Frame::close(error.close_code(), reason)).is_ok() {
+                if conn
+                    .buffer(Frame::close(error.close_code(), reason))
+                    .is_ok()
+                {
                     // Best effort: the connection is dropped whether or not this completes.
                     let _ = conn.poll_flush(cx);
                 }
@@ -368,8 +376,9 @@ impl<H: MinchHandler> Client<H> {
         }
         self.attempt = self.attempt.saturating_add(1);
         let attempt = self.attempt;
-        let decision =
-            self.with_context(ctx, |handler, ctx| handler.handle_disconnect(&reason, attempt, ctx));
+        let decision = self.with_context(ctx, |handler, ctx| {
+            handler.handle_disconnect(&reason, attempt, ctx)
+        });
         match decision {
             Reconnect::After(delay) => {
                 let handle = ctx.run_later(delay, |client, ctx| {
@@ -447,7 +456,10 @@ impl<H: MinchHandler> Client<H> {
 
     fn send_reply(&mut self, frame: Frame, ctx: &mut Context<Self>) -> Result<(), SendError> {
         if let Frame::Close(close) = frame {
-            return self.begin_close(close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, "")), ctx);
+            return self.begin_close(
+                close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, "")),
+                ctx,
+            );
         }
         match &mut self.state {
             State::Connected(conn) if conn.is_open() => conn.send(frame).map(drop),
@@ -566,7 +578,6 @@ impl<H: MinchHandler> ActorFuture<Client<H>> for Driver {
         client.drive(self.generation, ctx, cx)
     }
 }
-
 
 impl<H: MinchHandler> std::fmt::Debug for Client<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -139,8 +139,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // Frames still in the buffer were not written: their senders must hear so.
-        self.deliveries
-            .complete_all(Err(SendError::ConnectionLost));
+        self.deliveries.complete_all(Err(SendError::ConnectionLost));
     }
 }
 

@@ -186,9 +186,11 @@ impl DisconnectReason {
     /// The close code, when the connection ended with a close handshake.
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
-            DisconnectReason::ServerClosed(frame) => {
-                Some(frame.as_ref().map_or(CloseCode::NO_STATUS, |frame| frame.code))
-            }
+            DisconnectReason::ServerClosed(frame) => Some(
+                frame
+                    .as_ref()
+                    .map_or(CloseCode::NO_STATUS, |frame| frame.code),
+            ),
             DisconnectReason::ClientClosed(frame) => Some(frame.code),
             DisconnectReason::Error(_) => None,
         }

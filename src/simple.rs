@@ -82,10 +82,7 @@ where
                 inner: Rc::new(Handle { addr }),
                 response: Rc::new(response),
             },
-            Frames {
-                events,
-                end: None,
-            },
+            Frames { events, end: None },
         )),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(Error::io(std::io::Error::other(
@@ -200,9 +197,7 @@ impl Frames {
 
     fn ended_without_reason(&mut self) -> DisconnectReason {
         self.end
-            .get_or_insert_with(|| {
-                DisconnectReason::Error(Error::Send(SendError::Stopped))
-            })
+            .get_or_insert(DisconnectReason::Error(Error::Send(SendError::Stopped)))
             .clone()
     }
 }
@@ -299,10 +294,9 @@ impl MinchHandler for Forwarder {
     fn terminate(&mut self, reason: &StopReason, _ctx: &mut ClientContext<'_, Self>) {
         let reason = match reason {
             StopReason::Disconnected(reason) => reason.clone(),
-            _ => DisconnectReason::ClientClosed(crate::CloseFrame::new(
-                crate::CloseCode::NORMAL,
-                "",
-            )),
+            _ => {
+                DisconnectReason::ClientClosed(crate::CloseFrame::new(crate::CloseCode::NORMAL, ""))
+            }
         };
         self.end(reason);
     }

@@ -66,7 +66,10 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     let client = awc::Client::builder()
         .connector(connector)
         .no_default_headers()
-        .add_default_header((header::USER_AGENT, concat!("minch/", env!("CARGO_PKG_VERSION"))))
+        .add_default_header((
+            header::USER_AGENT,
+            concat!("minch/", env!("CARGO_PKG_VERSION")),
+        ))
         .timeout(handshake_budget)
         .finish();
 
@@ -86,9 +89,10 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     }
 
     let started = Instant::now();
-    let (response, framed) = ws.connect().await.map_err(|error| {
-        classify(error, secure, started.elapsed(), options.connect_timeout)
-    })?;
+    let (response, framed) = ws
+        .connect()
+        .await
+        .map_err(|error| classify(error, secure, started.elapsed(), options.connect_timeout))?;
     let response = Response {
         status: response.status(),
         headers: response.headers().clone(),
@@ -210,7 +214,13 @@ mod tests {
     fn urls_other_than_ws_and_wss_are_refused() {
         assert!(parse_url("ws://127.0.0.1:1/x").is_ok());
         assert!(parse_url("wss://example.com").is_ok());
-        for bad in ["http://example.com", "example.com", "ws://", "ws://exa mple.com", ""] {
+        for bad in [
+            "http://example.com",
+            "example.com",
+            "ws://",
+            "ws://exa mple.com",
+            "",
+        ] {
             assert!(
                 matches!(parse_url(bad), Err(Error::InvalidUrl { .. })),
                 "{bad:?} was accepted"
