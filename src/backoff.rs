@@ -74,9 +74,60 @@ pub fn backoff_duration(attempt: u32, options: BackoffOptions) -> Duration {
     Duration::from_millis(backoff(attempt, options))
 }
 
+/// How [`backoff_with_jitter`] randomises a delay, so that a fleet of clients cut off at the
+/// same moment does not reconnect in lockstep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jitter {
+    /// Uniform in `[0, backoff]`: spreads reconnects the most; a client may retry at once.
+    Full,
+    /// Uniform in `[backoff / 2, backoff]`: keeps at least half of the delay.
+    Equal,
+}
+
+/// [`backoff`] with random jitter, in milliseconds. `backoff` itself stays exactly Minch's; use
+/// this in [`handle_disconnect`](crate::MinchHandler::handle_disconnect) for fleets of clients.
+///
+/// ```
+/// use minch::{backoff, backoff_with_jitter, BackoffOptions, Jitter};
+///
+/// let plain = backoff(4, BackoffOptions::default()); // 3200
+/// let jittered = backoff_with_jitter(4, BackoffOptions::default(), Jitter::Equal);
+/// assert!((plain / 2..=plain).contains(&jittered));
+/// ```
+pub fn backoff_with_jitter(attempt: u32, options: BackoffOptions, jitter: Jitter) -> u64 {
+    let delay = backoff(attempt, options);
+    let floor = match jitter {
+        Jitter::Full => 0,
+        Jitter::Equal => delay / 2,
+    };
+    rand::random_range(floor..=delay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_documented_bounds() {
+        let options = BackoffOptions::default();
+        for attempt in 0..=20 {
+            let plain = backoff(attempt, options);
+            for _ in 0..200 {
+                let full = backoff_with_jitter(attempt, options, Jitter::Full);
+                assert!(full <= plain, "full jitter {full} > {plain}");
+                let equal = backoff_with_jitter(attempt, options, Jitter::Equal);
+                assert!(
+                    (plain / 2..=plain).contains(&equal),
+                    "equal jitter {equal} for {plain}"
+                );
+            }
+        }
+        // Jitter does spread: 200 draws of full jitter at 30 s are not all the same.
+        let draws: std::collections::HashSet<u64> = (0..200)
+            .map(|_| backoff_with_jitter(20, options, Jitter::Full))
+            .collect();
+        assert!(draws.len() > 100);
+    }
 
     #[test]
     fn default_table_matches_minch() {

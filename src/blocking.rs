@@ -35,6 +35,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use crate::{
+    client::Stats,
     error::SendError,
     frame::Frame,
     handler::DisconnectReason,
@@ -69,6 +70,8 @@ fn runtime() -> Result<&'static ArbiterHandle, Error> {
 
 enum Command {
     Send(Frame, std_mpsc::Sender<Result<(), SendError>>),
+    TrySend(Frame, std_mpsc::Sender<Result<(), SendError>>),
+    Stats(std_mpsc::Sender<Stats>),
     Close(std_mpsc::Sender<()>),
 }
 
@@ -163,6 +166,12 @@ async fn serve(
             Command::Send(frame, done) => {
                 let _ = done.send(connection.send_frame(frame).await);
             }
+            Command::TrySend(frame, done) => {
+                let _ = done.send(connection.try_send_frame(frame).await);
+            }
+            Command::Stats(done) => {
+                let _ = done.send(connection.stats().await);
+            }
             Command::Close(done) => {
                 connection.close().await;
                 let _ = done.send(());
@@ -188,6 +197,8 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Send(..) => "Send",
+            Command::TrySend(..) => "TrySend",
+            Command::Stats(_) => "Stats",
             Command::Close(_) => "Close",
         })
     }
@@ -199,20 +210,36 @@ impl Connection {
     /// # Errors
     /// As [`simple::Connection::send_frame`](crate::Connection::send_frame).
     pub fn send_frame(&self, frame: Frame) -> Result<(), SendError> {
+        self.request(|done| Command::Send(frame, done))
+            .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// Like [`send_frame`](Self::send_frame), but fails at once with
+    /// [`SendError::BufferFull`] when the outgoing buffer is full.
+    ///
+    /// # Errors
+    /// As [`send_frame`](Self::send_frame), plus [`SendError::BufferFull`].
+    pub fn try_send_frame(&self, frame: Frame) -> Result<(), SendError> {
+        self.request(|done| Command::TrySend(frame, done))
+            .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// The connection's state and traffic.
+    pub fn stats(&self) -> Stats {
+        self.request(Command::Stats).unwrap_or_default()
+    }
+
+    /// Sends a command to the runtime thread and blocks for its answer; `None` if the
+    /// connection task is gone.
+    fn request<T>(&self, command: impl FnOnce(std_mpsc::Sender<T>) -> Command) -> Option<T> {
         let (done_tx, done) = std_mpsc::channel();
-        self.inner
-            .commands
-            .send(Command::Send(frame, done_tx))
-            .map_err(|_| SendError::Stopped)?;
-        done.recv().unwrap_or(Err(SendError::Stopped))
+        self.inner.commands.send(command(done_tx)).ok()?;
+        done.recv().ok()
     }
 
     /// Closes the connection with code 1000 and blocks until the close handshake is over.
     pub fn close(&self) {
-        let (done_tx, done) = std_mpsc::channel();
-        if self.inner.commands.send(Command::Close(done_tx)).is_ok() {
-            let _ = done.recv();
-        }
+        let _ = self.request(Command::Close);
     }
 }
 

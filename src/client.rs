@@ -1,21 +1,23 @@
-//! The actor that runs a [`MinchHandler`]: connecting, the frame loop, the close handshake and
-//! the reconnect loop.
+//! The actor that runs a [`MinchHandler`]: connecting, the frame loop, keepalive, the close
+//! handshake and the reconnect loop.
 
 use std::{
     io,
     pin::Pin,
     task::{Context as TaskContext, Poll},
+    time::{Duration, Instant, SystemTime},
 };
 
 use actix::{fut::ActorFuture, prelude::*, Supervised, Supervisor};
 
 use crate::{
-    connection::{Closing, Connection, Deferred, Waiters, Written},
-    error::SendError,
+    connection::{Closing, Connection, Counters, Deferred, PendingPing, Waiters},
+    error::{SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
+    options::ConnectOptions,
     protocol::CodecError,
-    transport, Error,
+    transport, Error, ProtocolError,
 };
 
 /// At most this many frames are handled per wake-up, so one busy connection cannot starve the
@@ -26,21 +28,28 @@ const FRAMES_PER_POLL: usize = 64;
 /// handshakes, hands frames to the handler and reconnects as
 /// [`handle_disconnect`](MinchHandler::handle_disconnect) decides.
 ///
-/// Start it with [`Client::start`]; talk to it through its [`Addr`] with [`SendFrame`], [`Info`]
-/// and [`Close`]. The address stays valid across reconnects.
+/// Start it with [`Client::start`]; talk to it through its [`Addr`] with [`SendFrame`],
+/// [`TrySendFrame`], [`Info`], [`GetStats`] and [`Close`]. The address stays valid across
+/// reconnects.
 pub struct Client<H: MinchHandler> {
     handler: H,
     state: State,
     /// Failures since the last successful upgrade.
     attempt: u32,
-    /// Bumped for every attempt, so that callbacks of an earlier connection can tell they are stale.
+    /// Bumped for every attempt, so that timers of an earlier connection can tell they are stale.
     generation: u64,
     /// Set once the client is to stop; it does after the close handshake.
     stopping: Option<StopReason>,
     stopped: Waiters<()>,
     /// The close frame this client sent, reported to `handle_disconnect` once the handshake ends.
     pending_client_close: Option<CloseFrame>,
-    close_timeout: std::time::Duration,
+    /// The options of the current (or last) attempt.
+    options: ConnectOptions,
+    keepalive: Option<SpawnHandle>,
+    /// Traffic of the connections that have ended.
+    past_traffic: Counters,
+    upgrades: u64,
+    last_rtt: Option<Duration>,
 }
 
 enum State {
@@ -52,13 +61,24 @@ enum State {
 }
 
 /// Sends a frame. Resolves once the frame has been written to the connection, or with the
-/// reason it was not: the client never buffers frames for a later connection.
+/// reason it was not: the client never buffers frames for a later connection. When the
+/// outgoing buffer is full, it resolves only once there was room — so a sender that awaits
+/// each send slows down to the server's pace.
 ///
 /// Sending [`Frame::Close`] starts the close handshake, as [`Reply::Close`] does.
 #[derive(Debug, Clone)]
 pub struct SendFrame(pub Frame);
 
 impl Message for SendFrame {
+    type Result = Result<(), SendError>;
+}
+
+/// Like [`SendFrame`], but fails at once with [`SendError::BufferFull`] instead of waiting when
+/// the outgoing buffer is over [`ConnectOptions::max_buffered_bytes`].
+#[derive(Debug, Clone)]
+pub struct TrySendFrame(pub Frame);
+
+impl Message for TrySendFrame {
     type Result = Result<(), SendError>;
 }
 
@@ -77,6 +97,38 @@ pub struct Close;
 
 impl Message for Close {
     type Result = ();
+}
+
+/// Asks for the client's [`Stats`].
+#[derive(Debug, Clone, Copy)]
+pub struct GetStats;
+
+impl Message for GetStats {
+    type Result = Stats;
+}
+
+/// A snapshot of a client's state and traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Whether the WebSocket is open (upgraded and not closing).
+    pub connected: bool,
+    /// When the current connection was upgraded.
+    pub connected_since: Option<SystemTime>,
+    /// Failures since the last successful upgrade.
+    pub attempt: u32,
+    /// Successful upgrades after the first one.
+    pub reconnects: u64,
+    /// Frames received (text, binary, ping, pong, close), over all connections.
+    pub frames_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Frames written to the buffer, over all connections.
+    pub frames_out: u64,
+    /// Payload bytes written to the buffer.
+    pub bytes_out: u64,
+    /// The round trip of the last keepalive ping.
+    pub last_ping_rtt: Option<Duration>,
 }
 
 impl<H: MinchHandler> Client<H> {
@@ -105,7 +157,11 @@ impl<H: MinchHandler> Client<H> {
             stopping: None,
             stopped: Waiters::default(),
             pending_client_close: None,
-            close_timeout: crate::ConnectOptions::default().close_timeout,
+            options: ConnectOptions::default(),
+            keepalive: None,
+            past_traffic: Counters::default(),
+            upgrades: 0,
+            last_rtt: None,
         }
     }
 
@@ -131,13 +187,37 @@ impl<H: MinchHandler> Client<H> {
         }
     }
 
+    fn open_connection(&mut self) -> Result<&mut Connection, SendError> {
+        match &mut self.state {
+            State::Connected(conn) if conn.is_open() => Ok(conn),
+            State::Connected(_) => Err(SendError::Closing),
+            State::Stopped => Err(SendError::Stopped),
+            _ => Err(SendError::NotConnected),
+        }
+    }
+
+    /// Ends the current connection: stops its keepalive and keeps its traffic counters.
+    fn take_connection(&mut self, ctx: &mut Context<Self>) -> Option<Box<Connection>> {
+        let State::Connected(_) = self.state else {
+            return None;
+        };
+        let State::Connected(conn) = std::mem::replace(&mut self.state, State::Idle(None)) else {
+            unreachable!("checked above");
+        };
+        if let Some(keepalive) = self.keepalive.take() {
+            ctx.cancel_future(keepalive);
+        }
+        self.past_traffic += conn.counters;
+        Some(conn)
+    }
+
     // ---- connecting -------------------------------------------------------------------------
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
         let generation = self.generation;
         let request = self.with_context(ctx, |handler, ctx| handler.connect(ctx));
-        self.close_timeout = request.options.close_timeout;
+        self.options = request.options.clone();
         log::debug!("minch: connecting to {request:?}");
         let opening = async move { transport::open(&request).await }
             .into_actor(self)
@@ -159,8 +239,11 @@ impl<H: MinchHandler> Client<H> {
             Ok((response, transport)) => {
                 log::debug!("minch: connected");
                 self.attempt = 0;
-                self.state = State::Connected(Box::new(Connection::new(transport)));
+                self.upgrades += 1;
+                let conn = Connection::new(transport, self.options.max_buffered_bytes);
+                self.state = State::Connected(Box::new(conn));
                 ctx.spawn(Driver { generation });
+                self.start_keepalive(ctx);
                 let reply =
                     self.with_context(ctx, |handler, ctx| handler.handle_connect(&response, ctx));
                 self.apply(reply, ctx);
@@ -196,7 +279,11 @@ impl<H: MinchHandler> Client<H> {
             };
             match Pin::new(&mut conn.transport).next_item(cx) {
                 Poll::Pending => break,
-                Poll::Ready(Some(Ok(frame))) => self.on_frame(frame, ctx),
+                Poll::Ready(Some(Ok(frame))) => {
+                    conn.counters.frames_in += 1;
+                    conn.counters.bytes_in += frame.payload_len() as u64;
+                    self.on_frame(frame, ctx);
+                }
                 Poll::Ready(Some(Err(CodecError::Protocol(error)))) => {
                     self.fail(error, ctx, cx);
                     return Poll::Ready(());
@@ -214,9 +301,7 @@ impl<H: MinchHandler> Client<H> {
         let Some(conn) = self.connection(generation) else {
             return Poll::Ready(());
         };
-        if conn.transport.is_read_buf_empty() {
-            // Fall through to the flush; the socket will wake us for more.
-        } else {
+        if !conn.transport.is_read_buf_empty() {
             // Budget spent with frames still buffered: come back after other actors ran.
             cx.waker().wake_by_ref();
         }
@@ -230,14 +315,15 @@ impl<H: MinchHandler> Client<H> {
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         match frame {
             Frame::Ping(payload) => {
-                // RFC 6455 §5.5.3: answer with the same payload, as soon as possible. The driver
-                // flushes before it sleeps.
+                // RFC 6455 §5.5.3: answer with the same payload, as soon as possible — ahead of
+                // any held-back data. The driver flushes before it sleeps.
                 if let State::Connected(conn) = &mut self.state {
                     if conn.is_open() {
-                        let _ = conn.buffer(Frame::Pong(payload));
+                        let _ = conn.send_control(Frame::Pong(payload));
                     }
                 }
             }
+            Frame::Pong(payload) if self.is_keepalive_pong(&payload) => {}
             Frame::Close(close) => self.on_close_frame(close, ctx),
             frame => {
                 let reply = self.with_context(ctx, |handler, ctx| handler.handle_frame(frame, ctx));
@@ -250,23 +336,21 @@ impl<H: MinchHandler> Client<H> {
         let State::Connected(conn) = &mut self.state else {
             return;
         };
-        match &mut conn.closing {
-            Closing::Open => {
-                // RFC 6455 §5.5.1: echo the status code; 1000 when the server sent none.
-                let code = close.as_ref().map_or(CloseCode::NORMAL, |close| close.code);
-                let _ = conn.buffer(Frame::close(code, ""));
-                conn.closing = Closing::Received(close);
-                self.start_close_timer(ctx);
-            }
-            Closing::Sent { reply_received } => *reply_received = true,
-            Closing::Received(_) => {}
+        if conn.is_open() {
+            // RFC 6455 §5.5.1: echo the status code; 1000 when the server sent none.
+            let code = close.as_ref().map_or(CloseCode::NORMAL, |close| close.code);
+            let _ = conn.send_control(Frame::close(code, ""));
+            conn.closing = Closing::Received(close);
+            self.start_close_timer(ctx);
         }
+        // After our own close, the server's reply completes the handshake; we wait for it to
+        // drop TCP (RFC 6455 §7.1.1), bounded by the close timer.
     }
 
     /// The server closed TCP. RFC 6455 §7.1.1: after the close handshake, the server closes
     /// first; before it, this is an abnormal closure (1006).
     fn on_eof(&mut self, ctx: &mut Context<Self>) {
-        let State::Connected(conn) = &mut self.state else {
+        let Some(mut conn) = self.take_connection(ctx) else {
             return;
         };
         let reason = match std::mem::replace(&mut conn.closing, Closing::Open) {
@@ -275,86 +359,136 @@ impl<H: MinchHandler> Client<H> {
                 "the server closed the TCP connection without a close frame (1006)",
             ))),
             Closing::Received(close) => DisconnectReason::ServerClosed(close),
-            Closing::Sent { .. } => self.client_close_reason(),
+            Closing::Sent => self.client_close_reason(),
         };
-        self.state = State::Idle(None);
+        drop(conn);
         self.disconnected(reason, ctx);
     }
 
     /// RFC 6455 §7.1.7: on a protocol violation send a close frame with the matching status
     /// code, then drop the connection.
-    fn fail(
-        &mut self,
-        error: crate::ProtocolError,
-        ctx: &mut Context<Self>,
-        cx: &mut TaskContext<'_>,
-    ) {
+    fn fail(&mut self, error: ProtocolError, ctx: &mut Context<Self>, cx: &mut TaskContext<'_>) {
         log::debug!("minch: failing the connection: {error}");
-        if let State::Connected(conn) = &mut self.state {
+        if let Some(mut conn) = self.take_connection(ctx) {
             if conn.is_open() {
-                let reason = close_reason_for(&error);
-                if conn
-                    .buffer(Frame::close(error.close_code(), reason))
-                    .is_ok()
-                {
+                let close = Frame::close(error.close_code(), close_reason_for(&error));
+                if conn.send_control(close).is_ok() {
                     // Best effort: the connection is dropped whether or not this completes.
                     let _ = conn.poll_flush(cx);
                 }
             }
         }
-        self.state = State::Idle(None);
         let error = Error::Protocol(error);
         self.report_error(error.clone(), ctx);
         self.disconnected(DisconnectReason::Error(error), ctx);
     }
 
-    /// The connection broke: reset, broken pipe, or a write that failed.
+    /// The connection broke: reset, broken pipe, a failed write, or a keepalive timeout.
     fn lost(&mut self, error: Error, ctx: &mut Context<Self>) {
-        let closing = match &mut self.state {
-            State::Connected(conn) => std::mem::replace(&mut conn.closing, Closing::Open),
-            _ => return,
+        let Some(mut conn) = self.take_connection(ctx) else {
+            return;
         };
-        self.state = State::Idle(None);
-        let reason = match closing {
+        let reason = match std::mem::replace(&mut conn.closing, Closing::Open) {
             // The handshake was under way; the break only cut its end short.
             Closing::Received(close) => DisconnectReason::ServerClosed(close),
-            Closing::Sent { .. } => self.client_close_reason(),
+            Closing::Sent => self.client_close_reason(),
             Closing::Open => DisconnectReason::Error(error),
         };
+        drop(conn);
         self.disconnected(reason, ctx);
+    }
+
+    // ---- keepalive --------------------------------------------------------------------------
+
+    fn start_keepalive(&mut self, ctx: &mut Context<Self>) {
+        let Some(interval) = self.options.ping_interval else {
+            return;
+        };
+        let generation = self.generation;
+        let handle = ctx.run_interval(interval, move |client, ctx| {
+            client.send_keepalive_ping(generation, ctx)
+        });
+        self.keepalive = Some(handle);
+    }
+
+    fn send_keepalive_ping(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        let pong_timeout = self.options.pong_timeout;
+        let Some(conn) = self.connection(generation) else {
+            return;
+        };
+        if !conn.is_open() || conn.ping.is_some() {
+            // Closing, or the previous ping's timer is still running.
+            return;
+        }
+        let payload = rand::random::<[u8; 8]>();
+        if conn
+            .send_control(Frame::Ping(payload.to_vec().into()))
+            .is_err()
+        {
+            return;
+        }
+        conn.ping = Some(PendingPing {
+            payload,
+            sent_at: Instant::now(),
+            frames_in_then: conn.counters.frames_in,
+        });
+        conn.wake_driver();
+        ctx.run_later(pong_timeout, move |client, ctx| {
+            let Some(conn) = client.connection(generation) else {
+                return;
+            };
+            let Some(ping) = conn.ping.take() else {
+                return;
+            };
+            if conn.counters.frames_in == ping.frames_in_then {
+                log::debug!("minch: no pong within {pong_timeout:?}; dropping the connection");
+                client.lost(Error::Timeout(Timeout::Pong), ctx);
+            }
+        });
+    }
+
+    /// Whether `payload` answers our keepalive ping; records the round trip if so. Such pongs
+    /// are the client's own business and do not reach `handle_frame`.
+    fn is_keepalive_pong(&mut self, payload: &[u8]) -> bool {
+        let State::Connected(conn) = &mut self.state else {
+            return false;
+        };
+        match &conn.ping {
+            Some(ping) if ping.payload == payload => {
+                let rtt = ping.sent_at.elapsed();
+                conn.last_rtt = Some(rtt);
+                self.last_rtt = Some(rtt);
+                // Keep `ping` until its timer runs, so only one ping is in flight at a time.
+                true
+            }
+            _ => false,
+        }
     }
 
     // ---- closing ----------------------------------------------------------------------------
 
-    /// Starts the close handshake. Returns false if there is no open connection to close.
+    /// Starts the close handshake.
     fn begin_close(&mut self, close: CloseFrame, ctx: &mut Context<Self>) -> Result<(), SendError> {
-        let conn = match &mut self.state {
-            State::Connected(conn) if conn.is_open() => conn,
-            State::Connected(_) => return Err(SendError::Closing),
-            State::Stopped => return Err(SendError::Stopped),
-            _ => return Err(SendError::NotConnected),
-        };
+        let conn = self.open_connection()?;
+        // Through `send`, so that the close goes after any held-back data.
         conn.send(Frame::Close(Some(close.clone())))?;
-        conn.closing = Closing::Sent {
-            reply_received: false,
-        };
-        self.pending_client_close = Some(close);
+        conn.closing = Closing::Sent;
         conn.wake_driver();
+        self.pending_client_close = Some(close);
         self.start_close_timer(ctx);
         Ok(())
     }
 
     fn start_close_timer(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
-        ctx.run_later(self.close_timeout, move |client, ctx| {
+        ctx.run_later(self.options.close_timeout, move |client, ctx| {
             let Some(conn) = client.connection(generation) else {
                 return;
             };
-            if conn.is_open() {
-                return;
+            if !conn.is_open() {
+                log::debug!("minch: close handshake timed out; dropping the connection");
+                client.on_eof(ctx);
             }
-            log::debug!("minch: close handshake timed out; dropping the connection");
-            client.on_eof(ctx);
         });
     }
 
@@ -397,17 +531,16 @@ impl<H: MinchHandler> Client<H> {
         if matches!(self.state, State::Stopped) || self.stopping.is_some() {
             return;
         }
-        match std::mem::replace(&mut self.state, State::Idle(None)) {
+        match &self.state {
             State::Connected(conn) => {
-                let closing_already = !conn.is_open();
-                self.state = State::Connected(conn);
+                let open = conn.is_open();
                 self.stopping = Some(reason);
-                if !closing_already {
+                if open {
                     let _ = self.begin_close(CloseFrame::new(CloseCode::NORMAL, ""), ctx);
                 }
             }
             State::Connecting(handle) | State::Idle(Some(handle)) => {
-                ctx.cancel_future(handle);
+                ctx.cancel_future(*handle);
                 self.terminate(reason, ctx);
             }
             State::Idle(None) | State::Stopped => self.terminate(reason, ctx),
@@ -416,6 +549,7 @@ impl<H: MinchHandler> Client<H> {
 
     fn terminate(&mut self, reason: StopReason, ctx: &mut Context<Self>) {
         log::debug!("minch: stopping: {reason}");
+        self.take_connection(ctx);
         self.state = State::Stopped;
         self.with_context(ctx, |handler, ctx| handler.terminate(&reason, ctx));
         self.stopped.complete_all(());
@@ -456,27 +590,63 @@ impl<H: MinchHandler> Client<H> {
 
     fn send_reply(&mut self, frame: Frame, ctx: &mut Context<Self>) -> Result<(), SendError> {
         if let Frame::Close(close) = frame {
-            return self.begin_close(
-                close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, "")),
-                ctx,
-            );
+            let close = close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
+            return self.begin_close(close, ctx);
         }
-        match &mut self.state {
-            State::Connected(conn) if conn.is_open() => conn.send(frame).map(drop),
-            State::Connected(_) => Err(SendError::Closing),
-            State::Stopped => Err(SendError::Stopped),
-            _ => Err(SendError::NotConnected),
-        }
+        self.open_connection()?.send(frame).map(drop)
     }
 
     fn report_error(&mut self, error: Error, ctx: &mut Context<Self>) {
         let reply = self.with_context(ctx, |handler, ctx| handler.handle_error(error, ctx));
         self.apply_at_depth(reply, ctx, 1);
     }
+
+    fn send_message(
+        &mut self,
+        frame: Frame,
+        wait_for_room: bool,
+        ctx: &mut Context<Self>,
+    ) -> Deferred<Result<(), SendError>> {
+        if let Frame::Close(close) = frame {
+            let close = close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
+            return Deferred::ready(self.begin_close(close, ctx));
+        }
+        let conn = match self.open_connection() {
+            Ok(conn) => conn,
+            Err(error) => return Deferred::ready(Err(error)),
+        };
+        if !wait_for_room && conn.is_full() {
+            return Deferred::ready(Err(SendError::BufferFull));
+        }
+        match conn.send(frame) {
+            Ok(sent) => conn.deferred(sent),
+            Err(error) => Deferred::ready(Err(error)),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let mut traffic = self.past_traffic;
+        let mut stats = Stats {
+            attempt: self.attempt,
+            reconnects: self.upgrades.saturating_sub(1),
+            last_ping_rtt: self.last_rtt,
+            ..Stats::default()
+        };
+        if let State::Connected(conn) = &self.state {
+            traffic += conn.counters;
+            stats.connected = conn.is_open();
+            stats.connected_since = Some(SystemTime::now() - conn.connected_at.elapsed());
+        }
+        stats.frames_in = traffic.frames_in;
+        stats.bytes_in = traffic.bytes_in;
+        stats.frames_out = traffic.frames_out;
+        stats.bytes_out = traffic.bytes_out;
+        stats
+    }
 }
 
 /// A short close reason naming the broken rule; RFC 6455 §5.5 limits it to 123 bytes.
-fn close_reason_for(error: &crate::ProtocolError) -> String {
+fn close_reason_for(error: &ProtocolError) -> String {
     let mut reason = error.to_string();
     if reason.len() > 123 {
         let mut end = 123;
@@ -510,21 +680,19 @@ impl<H: MinchHandler> Handler<SendFrame> for Client<H> {
     type Result = Deferred<Result<(), SendError>>;
 
     fn handle(&mut self, SendFrame(frame): SendFrame, ctx: &mut Context<Self>) -> Self::Result {
-        if let Frame::Close(close) = frame {
-            let close = close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
-            return Deferred::ready(self.begin_close(close, ctx));
-        }
-        let conn = match &mut self.state {
-            State::Connected(conn) if conn.is_open() => conn,
-            State::Connected(_) => return Deferred::ready(Err(SendError::Closing)),
-            State::Stopped => return Deferred::ready(Err(SendError::Stopped)),
-            _ => return Deferred::ready(Err(SendError::NotConnected)),
-        };
-        match conn.send(frame) {
-            Ok(Written::Flushed) => Deferred::ready(Ok(())),
-            Ok(Written::Buffered) => conn.pending_delivery(),
-            Err(error) => Deferred::ready(Err(error)),
-        }
+        self.send_message(frame, true, ctx)
+    }
+}
+
+impl<H: MinchHandler> Handler<TrySendFrame> for Client<H> {
+    type Result = Deferred<Result<(), SendError>>;
+
+    fn handle(
+        &mut self,
+        TrySendFrame(frame): TrySendFrame,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.send_message(frame, false, ctx)
     }
 }
 
@@ -541,6 +709,14 @@ impl<H: MinchHandler> Handler<Info<H::Info>> for Client<H> {
         if let State::Connected(conn) = &self.state {
             conn.wake_driver();
         }
+    }
+}
+
+impl<H: MinchHandler> Handler<GetStats> for Client<H> {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats())
     }
 }
 

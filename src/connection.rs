@@ -1,5 +1,5 @@
-//! One open WebSocket connection: its transport, the close handshake's progress, and the
-//! senders waiting to learn that their frames were written.
+//! One open WebSocket connection: its transport, the close handshake's progress, the bounded
+//! outgoing buffer, and the senders waiting to learn that their frames were written.
 
 use std::{
     cell::RefCell,
@@ -8,6 +8,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use actix::dev::{MessageResponse, OneshotSender};
@@ -19,45 +20,94 @@ use crate::{
     transport::Transport,
 };
 
+/// Bytes a frame adds to the write buffer beyond its payload, at most: a 14-byte header.
+const FRAME_OVERHEAD: usize = 14;
+
 /// Where the close handshake stands (RFC 6455 §7).
 #[derive(Debug)]
 pub(crate) enum Closing {
     /// No close frame sent or received.
     Open,
     /// We sent a close frame; waiting for the server's reply, then for it to drop TCP.
-    Sent { reply_received: bool },
+    Sent,
     /// The server sent a close frame and we echoed it; waiting for it to drop TCP.
     Received(Option<CloseFrame>),
 }
 
-/// The result of writing a frame: already handed to the socket, or still in the buffer.
-pub(crate) enum Written {
-    Flushed,
+/// What became of a frame handed to [`Connection::send`].
+pub(crate) enum Sent {
+    /// Written to the socket.
+    Written,
+    /// In the write buffer; its sender hears when the buffer is flushed.
     Buffered,
+    /// Held back because the write buffer is full; its sender hears once it is written.
+    HeldBack(Slot),
+}
+
+/// Traffic counters of one connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) frames_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) frames_out: u64,
+    pub(crate) bytes_out: u64,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, other: Counters) {
+        self.frames_in += other.frames_in;
+        self.bytes_in += other.bytes_in;
+        self.frames_out += other.frames_out;
+        self.bytes_out += other.bytes_out;
+    }
+}
+
+/// A keepalive ping waiting for its pong.
+#[derive(Debug)]
+pub(crate) struct PendingPing {
+    pub(crate) payload: [u8; 8],
+    pub(crate) sent_at: Instant,
+    /// `frames_in` when the ping went out: any frame since proves the peer alive.
+    pub(crate) frames_in_then: u64,
 }
 
 pub(crate) struct Connection {
     pub(crate) transport: Transport,
     pub(crate) closing: Closing,
+    pub(crate) connected_at: Instant,
+    pub(crate) counters: Counters,
+    pub(crate) ping: Option<PendingPing>,
+    pub(crate) last_rtt: Option<Duration>,
     /// The driver's task waker, so that writes made outside the driver can flush at once and
     /// still be finished by the driver if the socket is full.
     waker: Option<Waker>,
-    /// Senders whose frames are in the write buffer, oldest first.
+    /// Senders whose frames are in the write buffer.
     deliveries: Waiters<Result<(), SendError>>,
+    /// Frames held back while the write buffer is over its limit, in sending order.
+    backlog: VecDeque<(Frame, Slot)>,
+    /// Bytes put in the write buffer since it was last completely flushed (an upper bound of
+    /// what it holds).
+    buffered: usize,
+    max_buffered: usize,
     /// A write that failed outside the driver; the driver reports it.
     pub(crate) broken: Option<io::Error>,
-    unflushed: bool,
 }
 
 impl Connection {
-    pub(crate) fn new(transport: Transport) -> Self {
+    pub(crate) fn new(transport: Transport, max_buffered: usize) -> Self {
         Connection {
             transport,
             closing: Closing::Open,
+            connected_at: Instant::now(),
+            counters: Counters::default(),
+            ping: None,
+            last_rtt: None,
             waker: None,
             deliveries: Waiters::default(),
+            backlog: VecDeque::new(),
+            buffered: 0,
+            max_buffered,
             broken: None,
-            unflushed: false,
         }
     }
 
@@ -65,12 +115,39 @@ impl Connection {
         matches!(self.closing, Closing::Open)
     }
 
-    /// Validates and encodes a frame into the write buffer.
-    pub(crate) fn buffer(&mut self, frame: Frame) -> Result<(), SendError> {
+    /// Whether new frames would be held back.
+    pub(crate) fn is_full(&self) -> bool {
+        !self.backlog.is_empty() || self.buffered >= self.max_buffered
+    }
+
+    /// Sends a frame: written now if the socket takes it, else buffered, else (over the buffer
+    /// limit) held back in order until the buffer drains.
+    pub(crate) fn send(&mut self, frame: Frame) -> Result<Sent, SendError> {
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
+        if self.is_full() {
+            let slot = Slot::default();
+            self.backlog.push_back((frame, slot.clone()));
+            return Ok(Sent::HeldBack(slot));
+        }
+        self.encode(frame)?;
+        Ok(self.flush_now())
+    }
+
+    /// Puts a control frame in the write buffer ahead of any held-back data: pongs and close
+    /// echoes must not wait behind a backlog (RFC 6455 §5.4 lets control frames go between
+    /// messages).
+    pub(crate) fn send_control(&mut self, frame: Frame) -> Result<(), SendError> {
+        validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
+        self.encode(frame)
+    }
+
+    fn encode(&mut self, frame: Frame) -> Result<(), SendError> {
+        let payload = frame.payload_len();
         match Pin::new(&mut self.transport).write(frame) {
             Ok(()) => {
-                self.unflushed = true;
+                self.buffered += payload + FRAME_OVERHEAD;
+                self.counters.frames_out += 1;
+                self.counters.bytes_out += payload as u64;
                 Ok(())
             }
             Err(CodecError::Protocol(error)) => Err(SendError::InvalidFrame(error)),
@@ -78,41 +155,58 @@ impl Connection {
         }
     }
 
-    /// Encodes a frame and tries to hand it to the socket right away.
-    pub(crate) fn send(&mut self, frame: Frame) -> Result<Written, SendError> {
-        self.buffer(frame)?;
+    /// Tries to hand the buffer to the socket right away, with the driver's waker so that the
+    /// driver finishes the job if the socket is full.
+    fn flush_now(&mut self) -> Sent {
         let Some(waker) = self.waker.clone() else {
             // The driver has not run yet; its first poll flushes.
-            return Ok(Written::Buffered);
+            return Sent::Buffered;
         };
         match self.poll_flush(&mut Context::from_waker(&waker)) {
-            Poll::Ready(Ok(())) => Ok(Written::Flushed),
-            Poll::Pending => Ok(Written::Buffered),
+            Poll::Ready(Ok(())) => Sent::Written,
+            Poll::Pending => Sent::Buffered,
             Poll::Ready(Err(error)) => {
                 self.broken = Some(error);
                 waker.wake();
-                Ok(Written::Buffered)
+                Sent::Buffered
             }
         }
     }
 
-    /// Flushes the write buffer; once it is empty every waiting sender learns its frame was
-    /// written.
+    /// Flushes the write buffer, then moves held-back frames into it while there is room. Every
+    /// sender learns its frame was written once the buffer holding it is flushed.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.unflushed {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut self.transport).flush::<Frame>(cx) {
-            Poll::Ready(Ok(())) => {
-                self.unflushed = false;
-                self.deliveries.complete_all(Ok(()));
-                Poll::Ready(Ok(()))
+        loop {
+            if self.buffered > 0 {
+                match Pin::new(&mut self.transport).flush::<Frame>(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.buffered = 0;
+                        self.deliveries.complete_all(Ok(()));
+                    }
+                    Poll::Ready(Err(CodecError::Io(error))) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Err(CodecError::Protocol(error))) => {
+                        return Poll::Ready(Err(io::Error::other(error)))
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-            Poll::Ready(Err(CodecError::Io(error))) => Poll::Ready(Err(error)),
-            Poll::Ready(Err(CodecError::Protocol(error))) => {
-                Poll::Ready(Err(io::Error::other(error)))
+            if self.backlog.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            Poll::Pending => Poll::Pending,
+            while self.buffered < self.max_buffered {
+                let Some((frame, slot)) = self.backlog.pop_front() else {
+                    break;
+                };
+                let result = self.encode(frame);
+                let waiting = slot.0.borrow_mut().take();
+                match (result, waiting) {
+                    (Ok(()), Some(sender)) => self.deliveries.push(sender),
+                    (Err(error), Some(sender)) => {
+                        let _ = sender.send(Err(error));
+                    }
+                    (_, None) => {}
+                }
+            }
         }
     }
 
@@ -130,20 +224,29 @@ impl Connection {
         }
     }
 
-    /// A response for a sender whose frame is still in the buffer.
-    pub(crate) fn pending_delivery(&self) -> Deferred<Result<(), SendError>> {
-        Deferred::pending(&self.deliveries)
+    /// The response for a sender whose frame is buffered or held back.
+    pub(crate) fn deferred(&self, sent: Sent) -> Deferred<Result<(), SendError>> {
+        match sent {
+            Sent::Written => Deferred::ready(Ok(())),
+            Sent::Buffered => Deferred(DeferredState::Pending(self.deliveries.clone())),
+            Sent::HeldBack(slot) => Deferred(DeferredState::Slot(slot)),
+        }
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Frames still in the buffer were not written: their senders must hear so.
+        // Frames not yet written never will be: their senders must hear so.
         self.deliveries.complete_all(Err(SendError::ConnectionLost));
+        for (_, slot) in self.backlog.drain(..) {
+            if let Some(sender) = slot.0.borrow_mut().take() {
+                let _ = sender.send(Err(SendError::ConnectionLost));
+            }
+        }
     }
 }
 
-/// Response channels of messages that finish later (a frame written, the client stopped).
+/// Response channels of messages that finish later (frames written, the client stopped).
 pub(crate) struct Waiters<T>(Rc<RefCell<VecDeque<OneshotSender<T>>>>);
 
 impl<T> Default for Waiters<T> {
@@ -159,12 +262,31 @@ impl<T> Clone for Waiters<T> {
 }
 
 impl<T: Clone> Waiters<T> {
+    fn push(&self, sender: OneshotSender<T>) {
+        self.0.borrow_mut().push_back(sender);
+    }
+
     pub(crate) fn complete_all(&self, value: T) {
         let mut waiting = self.0.borrow_mut();
         for sender in waiting.drain(..) {
             // The sender may have stopped waiting; that is its choice.
             let _ = sender.send(value.clone());
         }
+    }
+}
+
+/// The response channel of one held-back frame, filled in when the message is answered.
+pub(crate) struct Slot<T = Result<(), SendError>>(Rc<RefCell<Option<OneshotSender<T>>>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot(Rc::default())
+    }
+}
+
+impl<T> Clone for Slot<T> {
+    fn clone(&self) -> Self {
+        Slot(self.0.clone())
     }
 }
 
@@ -175,6 +297,7 @@ pub struct Deferred<T>(DeferredState<T>);
 enum DeferredState<T> {
     Ready(T),
     Pending(Waiters<T>),
+    Slot(Slot<T>),
 }
 
 impl<T> Deferred<T> {
@@ -200,6 +323,7 @@ where
                 let _ = tx.send(value);
             }
             DeferredState::Pending(waiters) => waiters.0.borrow_mut().push_back(tx),
+            DeferredState::Slot(slot) => *slot.0.borrow_mut() = Some(tx),
         }
     }
 }
@@ -208,7 +332,7 @@ impl<T> std::fmt::Debug for Deferred<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             DeferredState::Ready(_) => f.write_str("Deferred(ready)"),
-            DeferredState::Pending(_) => f.write_str("Deferred(pending)"),
+            DeferredState::Pending(_) | DeferredState::Slot(_) => f.write_str("Deferred(pending)"),
         }
     }
 }

@@ -188,6 +188,10 @@ pub enum SendError {
     ConnectionLost,
     /// The client has stopped and will not connect again.
     Stopped,
+    /// The outgoing buffer is over [`ConnectOptions::max_buffered_bytes`](crate::ConnectOptions::max_buffered_bytes):
+    /// the server is not reading fast enough. Only [`TrySendFrame`](crate::TrySendFrame) returns
+    /// this; [`SendFrame`](crate::SendFrame) waits instead.
+    BufferFull,
     /// The frame is not valid to send (e.g. a ping payload over 125 bytes, or a reserved
     /// close code).
     InvalidFrame(ProtocolError),
@@ -206,6 +210,10 @@ impl fmt::Display for SendError {
                 "the connection was lost before the frame was written; it was not sent"
             ),
             SendError::Stopped => write!(f, "the client has stopped"),
+            SendError::BufferFull => write!(
+                f,
+                "the outgoing buffer is full: the server is not keeping up; retry later or use SendFrame to wait"
+            ),
             SendError::InvalidFrame(error) => write!(f, "invalid frame: {error}"),
         }
     }

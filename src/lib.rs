@@ -110,8 +110,8 @@ pub mod http {
 }
 
 pub use crate::{
-    backoff::{backoff, backoff_duration, BackoffOptions},
-    client::{Client, Close, Info, SendFrame},
+    backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
+    client::{Client, Close, GetStats, Info, SendFrame, Stats, TrySendFrame},
     connection::Deferred,
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},

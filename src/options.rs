@@ -165,6 +165,19 @@ pub struct ConnectOptions {
     /// The largest message (all fragments together) accepted from the server, in bytes.
     /// Default: 64 MiB.
     pub max_message_size: usize,
+    /// How often to ping the server to check that it is alive; `None` turns keepalive off.
+    /// Default: every 20 s — often enough to keep NAT and load-balancer idle timers (commonly
+    /// 60 s) from dropping a quiet connection.
+    pub ping_interval: Option<Duration>,
+    /// How long to wait, after a keepalive ping, for a pong or any other frame before the
+    /// connection is declared dead ([`Timeout::Pong`](crate::Timeout::Pong)). Default: 20 s, so a
+    /// dead peer is noticed within 40 s.
+    pub pong_timeout: Duration,
+    /// The most bytes of outgoing frames waiting to be written. Beyond it frames are held back:
+    /// [`SendFrame`](crate::SendFrame) resolves only once they are written (so awaiting senders
+    /// slow down), and [`TrySendFrame`](crate::TrySendFrame) fails with
+    /// [`SendError::BufferFull`](crate::SendError::BufferFull). Default: 16 MiB.
+    pub max_buffered_bytes: usize,
     /// Certificate verification and extra roots for `wss://`.
     pub tls: TlsOptions,
 }
@@ -181,6 +194,9 @@ impl Default for ConnectOptions {
             origin: None,
             max_frame_size: limits.max_frame_size,
             max_message_size: limits.max_message_size,
+            ping_interval: Some(Duration::from_secs(20)),
+            pong_timeout: Duration::from_secs(20),
+            max_buffered_bytes: 16 << 20,
             tls: TlsOptions::default(),
         }
     }
@@ -232,6 +248,24 @@ impl ConnectOptions {
     /// Sets [`max_message_size`](Self::max_message_size).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`ping_interval`](Self::ping_interval); `None` turns keepalive off.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Sets [`pong_timeout`](Self::pong_timeout).
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_buffered_bytes`](Self::max_buffered_bytes).
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes;
         self
     }
 

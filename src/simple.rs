@@ -18,7 +18,7 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    client::{Client, Close, SendFrame},
+    client::{Client, Close, GetStats, SendFrame, Stats, TrySendFrame},
     error::SendError,
     frame::Frame,
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
@@ -123,6 +123,24 @@ impl Connection {
             .send(SendFrame(frame))
             .await
             .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// Like [`send_frame`](Self::send_frame), but fails at once with
+    /// [`SendError::BufferFull`] instead of waiting when the outgoing buffer is full.
+    ///
+    /// # Errors
+    /// As [`send_frame`](Self::send_frame), plus [`SendError::BufferFull`].
+    pub async fn try_send_frame(&self, frame: Frame) -> Result<(), SendError> {
+        self.inner
+            .addr
+            .send(TrySendFrame(frame))
+            .await
+            .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// The connection's state and traffic.
+    pub async fn stats(&self) -> Stats {
+        self.inner.addr.send(GetStats).await.unwrap_or_default()
     }
 
     /// Closes the connection with code 1000 and waits for the close handshake (at most
