@@ -635,7 +635,7 @@ impl<H: MinchHandler> Client<H> {
         if let State::Connected(conn) = &self.state {
             traffic += conn.counters;
             stats.connected = conn.is_open();
-            stats.connected_since = Some(SystemTime::now() - conn.connected_at.elapsed());
+            stats.connected_since = Some(conn.connected_at);
         }
         stats.frames_in = traffic.frames_in;
         stats.bytes_in = traffic.bytes_in;

@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use actix::dev::{MessageResponse, OneshotSender};
@@ -74,7 +74,7 @@ pub(crate) struct PendingPing {
 pub(crate) struct Connection {
     pub(crate) transport: Transport,
     pub(crate) closing: Closing,
-    pub(crate) connected_at: Instant,
+    pub(crate) connected_at: SystemTime,
     pub(crate) counters: Counters,
     pub(crate) ping: Option<PendingPing>,
     pub(crate) last_rtt: Option<Duration>,
@@ -98,7 +98,7 @@ impl Connection {
         Connection {
             transport,
             closing: Closing::Open,
-            connected_at: Instant::now(),
+            connected_at: SystemTime::now(),
             counters: Counters::default(),
             ping: None,
             last_rtt: None,
