@@ -397,3 +397,51 @@ async fn no_frame_vanishes_or_repeats_across_forced_disconnects() {
         lost.len()
     );
 }
+
+#[actix_rt::test]
+async fn a_tls_handshake_that_never_completes_times_out_as_tls() {
+    // The TCP connection opens, but nobody ever answers the ClientHello.
+    let silent = silent_tcp_server();
+    let url = format!("wss://127.0.0.1:{}/", silent.port());
+    let started = Instant::now();
+    let error = minch::connect(
+        url,
+        Vec::<(String, String)>::new(),
+        ConnectOptions::default()
+            .connect_timeout(Duration::from_secs(2))
+            .tls_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect_err("the TLS handshake cannot succeed");
+    assert_eq!(error.timeout(), Some(Timeout::Tls), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[actix_rt::test]
+async fn a_tcp_connect_that_never_completes_times_out_as_connect() {
+    // A listener whose accept queue is full: Linux drops further SYNs, so connecting hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break,
+        }
+    }
+    assert!(queued.len() < 16, "the accept queue never filled up");
+
+    let started = Instant::now();
+    let error = minch::connect(
+        format!("ws://{address}/"),
+        Vec::<(String, String)>::new(),
+        ConnectOptions::default().connect_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect_err("the TCP connection cannot open");
+    assert_eq!(error.timeout(), Some(Timeout::Connect), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(listener);
+}
