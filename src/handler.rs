@@ -64,12 +64,49 @@ pub trait MinchHandler: Sized + Unpin + 'static {
 
     /// Runs once when the client starts, before the first connection attempt. An error stops
     /// the client: [`terminate`](Self::terminate) gets [`StopReason::InitFailed`].
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
+    /// # use std::time::Duration;
+    /// struct Feed { token: Option<String> }
+    /// enum Tick { Refresh }
+    ///
+    /// impl MinchHandler for Feed {
+    ///     type Info = Tick;
+    ///
+    ///     fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn std::error::Error>> {
+    ///         self.token = Some(std::env::var("FEED_TOKEN").unwrap_or_default());
+    ///         ctx.send_info_after(Duration::from_secs(3600), Tick::Refresh);
+    ///         Ok(())
+    ///     }
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    /// }
+    /// ```
     fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn StdError>> {
         let _ = ctx;
         Ok(())
     }
 
-    /// Says where to connect. Runs before every attempt, including reconnects.
+    /// Says where to connect. Runs before every attempt, including reconnects, so a token
+    /// can be refreshed each time.
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectOptions, ConnectRequest, Frame, MinchHandler, Reply};
+    /// # use std::time::Duration;
+    /// struct Feed { token: String }
+    ///
+    /// impl MinchHandler for Feed {
+    ///     type Info = ();
+    ///
+    ///     fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+    ///         let options = ConnectOptions::default().upgrade_timeout(Duration::from_secs(5));
+    ///         let auth = format!("Bearer {}", self.token);
+    ///         ("wss://feed.example.com/v1", vec![("authorization", auth)], options).into()
+    ///     }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    /// }
+    /// ```
     fn connect(&mut self, ctx: &mut ClientContext<'_, Self>) -> ConnectRequest;
 
     /// The server accepted the upgrade; `response` has its status (101) and headers.
@@ -83,6 +120,36 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     ///
     /// Default: stop if the request itself is invalid ([`Error::is_config`]), otherwise
     /// reconnect after [`backoff`](crate::backoff)`(attempt, BackoffOptions::default())`.
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
+    /// use minch::{backoff_with_jitter, BackoffOptions, DisconnectReason, Error, Jitter, Reconnect};
+    /// use std::time::Duration;
+    /// # struct Feed;
+    ///
+    /// impl MinchHandler for Feed {
+    /// #   type Info = ();
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    ///     fn handle_disconnect(
+    ///         &mut self,
+    ///         reason: &DisconnectReason,
+    ///         attempt: u32,
+    ///         _ctx: &mut ClientContext<'_, Self>,
+    ///     ) -> Reconnect {
+    ///         match reason.error() {
+    ///             // Credentials were refused: retrying will not help.
+    ///             Some(Error::Rejected { status }) if status.as_u16() == 401 => Reconnect::Stop,
+    ///             // Thousands of clients: spread the reconnects out.
+    ///             _ => Reconnect::After(Duration::from_millis(backoff_with_jitter(
+    ///                 attempt,
+    ///                 BackoffOptions::default(),
+    ///                 Jitter::Equal,
+    ///             ))),
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn handle_disconnect(
         &mut self,
         reason: &DisconnectReason,
@@ -97,11 +164,53 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     }
 
     /// A text, binary or pong frame arrived. Pings are answered and close frames are handled by
-    /// the client; they never reach this callback.
+    /// the client; they never reach this callback (nor do the pongs to its keepalive pings).
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, MinchHandler};
+    /// use minch::{Frame, Reply};
+    /// # struct Echo;
+    ///
+    /// impl MinchHandler for Echo {
+    /// #   type Info = ();
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    ///     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         match frame {
+    ///             Frame::Text(text) if text == "bye" => Reply::close(1000, "bye"),
+    ///             Frame::Text(text) => Reply::Send(Frame::Text(text)),
+    ///             Frame::Binary(data) => Reply::SendAll(vec![Frame::Binary(data.clone()), Frame::Binary(data)]),
+    ///             _ => Reply::Continue,
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply;
 
     /// A message sent to the client with [`Info`] or [`ClientContext::send_info_after`]. Runs
     /// whether or not the client is connected.
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, MinchHandler};
+    /// use minch::{Frame, Reply};
+    /// use std::time::Duration;
+    /// # struct Producer;
+    /// enum Tick { Produce }
+    ///
+    /// impl MinchHandler for Producer {
+    ///     type Info = Tick;
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    ///     fn handle_info(&mut self, tick: Tick, ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         let Tick::Produce = tick;
+    ///         ctx.send_info_after(Duration::from_secs(5), Tick::Produce);
+    ///         if ctx.is_connected() {
+    ///             Reply::Send(Frame::text("tick"))
+    ///         } else {
+    ///             Reply::Continue // a reply now would go to handle_error as NotConnected
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn handle_info(&mut self, info: Self::Info, ctx: &mut ClientContext<'_, Self>) -> Reply {
         let _ = (info, ctx);
         Reply::Continue
