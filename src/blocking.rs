@@ -44,12 +44,16 @@ use crate::{
     Error,
 };
 
-/// The background thread that runs every blocking connection.
+/// The background thread that runs every blocking connection, started once.
 fn runtime() -> Result<&'static ArbiterHandle, Error> {
-    static RUNTIME: OnceLock<ArbiterHandle> = OnceLock::new();
-    if let Some(handle) = RUNTIME.get() {
-        return Ok(handle);
-    }
+    static RUNTIME: OnceLock<Result<ArbiterHandle, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(start_runtime)
+        .as_ref()
+        .map_err(|reason| Error::io(std::io::Error::other(reason.clone())))
+}
+
+fn start_runtime() -> Result<ArbiterHandle, String> {
     let (handle_tx, handle_rx) = std_mpsc::channel();
     thread::Builder::new()
         .name("minch-blocking".into())
@@ -59,13 +63,10 @@ fn runtime() -> Result<&'static ArbiterHandle, Error> {
                 std::future::pending::<()>().await;
             });
         })
-        .map_err(Error::io)?;
-    let handle = handle_rx.recv().map_err(|_| {
-        Error::io(std::io::Error::other(
-            "the minch-blocking runtime thread failed to start",
-        ))
-    })?;
-    Ok(RUNTIME.get_or_init(|| handle))
+        .map_err(|error| format!("could not start the minch-blocking thread: {error}"))?;
+    handle_rx
+        .recv()
+        .map_err(|_| "the minch-blocking runtime thread failed to start".to_owned())
 }
 
 enum Command {

@@ -1,7 +1,11 @@
 //! Opening a connection: URL and header checks, TCP/TLS through awc, the HTTP upgrade, and the
 //! switch from awc's frame codec to ours.
 
-use std::time::{Duration, Instant};
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::Instant,
+};
 
 use actix_codec::Framed;
 use awc::{
@@ -13,7 +17,10 @@ use awc::{
     BoxedSocket,
 };
 
+use futures_util::future::{select, Either};
+
 use crate::{
+    error::Timeout,
     options::{redact_userinfo, ConnectRequest},
     protocol::Codec,
     tls, Error,
@@ -47,7 +54,17 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     let options = &request.options;
     let secure = uri.scheme_str() == Some("wss");
 
+    // awc has one timeout for the whole request: learn when TCP is up, so that the upgrade gets
+    // exactly `upgrade_timeout` (plus `tls_timeout` for wss) from then on.
+    let (tcp_up_tx, tcp_up) = tokio::sync::oneshot::channel();
+    let tcp_up_at = Rc::new(Cell::new(None));
+    let tcp = StampedTcp {
+        inner: actix_tls::connect::ConnectorService::default(),
+        at: tcp_up_at.clone(),
+        tx: Rc::new(RefCell::new(Some(tcp_up_tx))),
+    };
     let mut connector = awc::Connector::new()
+        .connector(tcp)
         .timeout(options.connect_timeout)
         .handshake_timeout(options.tls_timeout)
         // awc pools at most 100 connections by default and an upgraded connection holds its
@@ -57,8 +74,8 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     if secure {
         connector = connector.rustls_0_23(tls::client_config(&options.tls)?);
     }
-    // awc's request timeout covers the whole opening handshake; the TCP and TLS steps have
-    // their own, shorter timeouts inside it.
+    // awc's own request timeout is only a backstop: the TCP and TLS steps have their own
+    // timeouts, and the upgrade's is enforced below.
     let mut handshake_budget = options.connect_timeout + options.upgrade_timeout;
     if secure {
         handshake_budget += options.tls_timeout;
@@ -88,11 +105,25 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         ws = ws.origin(origin);
     }
 
-    let started = Instant::now();
-    let (response, framed) = ws
-        .connect()
-        .await
-        .map_err(|error| classify(error, secure, started.elapsed(), options.connect_timeout))?;
+    let mut after_tcp = options.upgrade_timeout;
+    if secure {
+        after_tcp += options.tls_timeout;
+    }
+    let upgrade_deadline = async move {
+        match tcp_up.await {
+            Ok(at) => actix_rt::time::sleep_until((at + after_tcp).into()).await,
+            // TCP failed: awc reports why.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let connecting = std::pin::pin!(ws.connect());
+    let upgrade_deadline = std::pin::pin!(upgrade_deadline);
+    let (response, framed) = match select(connecting, upgrade_deadline).await {
+        Either::Left((result, _)) => {
+            result.map_err(|error| classify(error, secure, tcp_up_at.get().is_some()))?
+        }
+        Either::Right(_) => return Err(Error::Timeout(Timeout::Upgrade)),
+    };
     let response = Response {
         status: response.status(),
         headers: response.headers().clone(),
@@ -102,6 +133,38 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     // `into_map_codec` keeps the read buffer: frames that arrived together with the 101 stay.
     let transport = framed.into_map_codec(|_| Codec::new(options.limits()));
     Ok((response, transport))
+}
+
+/// awc's TCP connector, reporting the moment the connection is established: awc has one
+/// timeout for the whole request, and one error for both the TCP and the TLS timeout.
+#[derive(Clone)]
+struct StampedTcp {
+    inner: actix_tls::connect::ConnectorService,
+    at: Rc<Cell<Option<Instant>>>,
+    tx: Rc<RefCell<Option<tokio::sync::oneshot::Sender<Instant>>>>,
+}
+
+impl actix_service::Service<actix_tls::connect::ConnectInfo<Uri>> for StampedTcp {
+    type Response = actix_tls::connect::Connection<Uri, actix_rt::net::TcpStream>;
+    type Error = actix_tls::connect::ConnectError;
+    type Future =
+        futures_util::future::LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_service::always_ready!();
+
+    fn call(&self, request: actix_tls::connect::ConnectInfo<Uri>) -> Self::Future {
+        let connecting = self.inner.call(request);
+        let (at, tx) = (self.at.clone(), self.tx.clone());
+        Box::pin(async move {
+            let connection = connecting.await?;
+            let now = Instant::now();
+            at.set(Some(now));
+            if let Some(tx) = tx.borrow_mut().take() {
+                let _ = tx.send(now);
+            }
+            Ok(connection)
+        })
+    }
 }
 
 fn parse_url(url: &str) -> Result<Uri, Error> {
@@ -171,17 +234,14 @@ fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Erro
     Ok(())
 }
 
-/// Turns awc's error into ours. awc reports the TCP and the TLS timeout alike; the TCP one fires
-/// exactly `connect_timeout` after the start, so the elapsed time tells them apart.
-fn classify(error: WsClientError, secure: bool, elapsed: Duration, tcp_timeout: Duration) -> Error {
-    use crate::error::Timeout;
+/// Turns awc's error into ours. awc reports the TCP and the TLS timeout alike; whether TCP
+/// was up by then tells them apart.
+fn classify(error: WsClientError, secure: bool, tcp_was_up: bool) -> Error {
     match error {
         WsClientError::InvalidResponseStatus(status) => Error::Rejected { status },
         WsClientError::SendRequest(SendRequestError::Timeout) => Error::Timeout(Timeout::Upgrade),
         WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Timeout)) => {
-            let tcp_timer_fired =
-                elapsed >= tcp_timeout && elapsed < tcp_timeout + Duration::from_millis(250);
-            if secure && !tcp_timer_fired {
+            if secure && tcp_was_up {
                 Error::Timeout(Timeout::Tls)
             } else {
                 Error::Timeout(Timeout::Connect)
