@@ -15,13 +15,7 @@ mod echo_server;
 
 #[actix_rt::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = match std::env::args().nth(1) {
-        Some(url) => url,
-        None => {
-            let (address, _server) = echo_server::start(([127, 0, 0, 1], 0).into())?;
-            format!("ws://{address}/echo")
-        }
-    };
+    let (url, _server) = echo_server::url_from_args_or_start()?;
 
     let (connection, mut frames) = minch::connect(
         url,

@@ -99,13 +99,7 @@ impl MinchHandler for Producer {
 #[actix_rt::main]
 async fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let url = match std::env::args().nth(1) {
-        Some(url) => url,
-        None => {
-            let (address, _server) = echo_server::start(([127, 0, 0, 1], 0).into())?;
-            format!("ws://{address}/echo")
-        }
-    };
+    let (url, _server) = echo_server::url_from_args_or_start()?;
     let _client = Client::start(Producer { url, sequence: 0 });
     actix_rt::signal::ctrl_c().await
 }

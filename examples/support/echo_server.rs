@@ -1,5 +1,7 @@
 //! A small echo server for the examples, so they run offline: actix-web and actix-ws on
 //! 127.0.0.1, echoing text and binary messages and answering pings.
+// Each example includes this file; not every example uses every function.
+#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -40,4 +42,14 @@ async fn echo(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpRes
         }
     });
     Ok(response)
+}
+
+/// The URL given as the first argument, or that of an embedded echo server started for the
+/// example (its handle is returned so that it lives as long as the caller keeps it).
+pub fn url_from_args_or_start() -> std::io::Result<(String, Option<ServerHandle>)> {
+    if let Some(url) = std::env::args().nth(1) {
+        return Ok((url, None));
+    }
+    let (address, handle) = start(([127, 0, 0, 1], 0).into())?;
+    Ok((format!("ws://{address}/echo"), Some(handle)))
 }
