@@ -83,6 +83,22 @@
 //! [`SendError`] saying why not. A client that is not connected answers
 //! [`SendError::NotConnected`] at once: frames are never buffered for a later connection.
 //!
+//! ## Liveness and flow control
+//!
+//! The client pings every [`ConnectOptions::ping_interval`] (20 s) and drops a connection that
+//! stays silent for [`ConnectOptions::pong_timeout`] (20 s) after a ping, reporting
+//! [`Timeout::Pong`]. Connecting, TLS, the upgrade and the close handshake each have their own
+//! timeout. Outgoing frames beyond [`ConnectOptions::max_buffered_bytes`] are held back, so a
+//! sender that awaits each [`SendFrame`] slows down to the server's pace; [`TrySendFrame`] fails
+//! with [`SendError::BufferFull`] instead. [`GetStats`] reports traffic and the last ping's
+//! round trip.
+//!
+//! ## The simple API
+//!
+//! [`connect`] returns a [`Connection`] to send with and [`Frames`] to receive from, with no
+//! handler type and no reconnects; [`blocking`] offers the same for programs without an actix
+//! System.
+//!
 //! ## TLS
 //!
 //! `wss://` uses rustls with the bundled Mozilla roots. Add a private CA with
