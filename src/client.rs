@@ -268,10 +268,6 @@ impl<H: MinchHandler> Client<H> {
             return Poll::Ready(());
         };
         conn.remember_waker(cx);
-        if let Some(error) = conn.broken.take() {
-            self.lost(Error::io(error), ctx);
-            return Poll::Ready(());
-        }
 
         for _ in 0..FRAMES_PER_POLL {
             let Some(conn) = self.connection(generation) else {

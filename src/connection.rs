@@ -36,8 +36,6 @@ pub(crate) enum Closing {
 
 /// What became of a frame handed to [`Connection::send`].
 pub(crate) enum Sent {
-    /// Written to the socket.
-    Written,
     /// In the write buffer; its sender hears when the buffer is flushed.
     Buffered,
     /// Held back because the write buffer is full; its sender hears once it is written.
@@ -78,8 +76,8 @@ pub(crate) struct Connection {
     pub(crate) counters: Counters,
     pub(crate) ping: Option<PendingPing>,
     pub(crate) last_rtt: Option<Duration>,
-    /// The driver's task waker, so that writes made outside the driver can flush at once and
-    /// still be finished by the driver if the socket is full.
+    /// The driver's task waker, for writes made where actix does not poll the driver next
+    /// (timers, scheduled messages).
     waker: Option<Waker>,
     /// Senders whose frames are in the write buffer.
     deliveries: Waiters<Result<(), SendError>>,
@@ -89,8 +87,6 @@ pub(crate) struct Connection {
     /// what it holds).
     buffered: usize,
     max_buffered: usize,
-    /// A write that failed outside the driver; the driver reports it.
-    pub(crate) broken: Option<io::Error>,
 }
 
 impl Connection {
@@ -107,7 +103,6 @@ impl Connection {
             backlog: VecDeque::new(),
             buffered: 0,
             max_buffered,
-            broken: None,
         }
     }
 
@@ -120,8 +115,9 @@ impl Connection {
         !self.backlog.is_empty() || self.buffered >= self.max_buffered
     }
 
-    /// Sends a frame: written now if the socket takes it, else buffered, else (over the buffer
-    /// limit) held back in order until the buffer drains.
+    /// Sends a frame: into the write buffer, or (over the buffer limit) held back in order
+    /// until the buffer drains. The driver flushes the buffer at the end of its poll, which
+    /// actix runs right after the mailbox: frames sent in one burst go out in one write.
     pub(crate) fn send(&mut self, frame: Frame) -> Result<Sent, SendError> {
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
         if self.is_full() {
@@ -130,7 +126,7 @@ impl Connection {
             return Ok(Sent::HeldBack(slot));
         }
         self.encode(frame)?;
-        Ok(self.flush_now())
+        Ok(Sent::Buffered)
     }
 
     /// Puts a control frame in the write buffer ahead of any held-back data: pongs and close
@@ -152,24 +148,6 @@ impl Connection {
             }
             Err(CodecError::Protocol(error)) => Err(SendError::InvalidFrame(error)),
             Err(CodecError::Io(_)) => Err(SendError::ConnectionLost),
-        }
-    }
-
-    /// Tries to hand the buffer to the socket right away, with the driver's waker so that the
-    /// driver finishes the job if the socket is full.
-    fn flush_now(&mut self) -> Sent {
-        let Some(waker) = self.waker.clone() else {
-            // The driver has not run yet; its first poll flushes.
-            return Sent::Buffered;
-        };
-        match self.poll_flush(&mut Context::from_waker(&waker)) {
-            Poll::Ready(Ok(())) => Sent::Written,
-            Poll::Pending => Sent::Buffered,
-            Poll::Ready(Err(error)) => {
-                self.broken = Some(error);
-                waker.wake();
-                Sent::Buffered
-            }
         }
     }
 
@@ -227,7 +205,6 @@ impl Connection {
     /// The response for a sender whose frame is buffered or held back.
     pub(crate) fn deferred(&self, sent: Sent) -> Deferred<Result<(), SendError>> {
         match sent {
-            Sent::Written => Deferred::ready(Ok(())),
             Sent::Buffered => Deferred(DeferredState::Pending(self.deliveries.clone())),
             Sent::HeldBack(slot) => Deferred(DeferredState::Slot(slot)),
         }
