@@ -332,15 +332,25 @@ impl<H: MinchHandler> Client<H> {
         let State::Connected(conn) = &mut self.state else {
             return;
         };
-        if conn.is_open() {
-            // RFC 6455 §5.5.1: echo the status code; 1000 when the server sent none.
-            let code = close.as_ref().map_or(CloseCode::NORMAL, |close| close.code);
-            let _ = conn.send_control(Frame::close(code, ""));
-            conn.closing = Closing::Received(close);
-            self.start_close_timer(ctx);
+        match conn.closing {
+            Closing::Open => {
+                // RFC 6455 §5.5.1: echo the status code; 1000 when the server sent none. Then
+                // the server closes TCP (§7.1.1), bounded by the close timer.
+                let code = close.as_ref().map_or(CloseCode::NORMAL, |close| close.code);
+                let _ = conn.send_control(Frame::close(code, ""));
+                conn.closing = Closing::Received(close);
+                self.start_close_timer(ctx);
+            }
+            Closing::Sent => {
+                // The server answered our close: the handshake is complete. As in Minch, the
+                // reply ends the wait; holding on for the server's FIN as well would cost a
+                // second with servers that wait for the client to go first (actix-web does).
+                self.take_connection(ctx);
+                let reason = self.client_close_reason();
+                self.disconnected(reason, ctx);
+            }
+            Closing::Received(_) => {}
         }
-        // After our own close, the server's reply completes the handshake; we wait for it to
-        // drop TCP (RFC 6455 §7.1.1), bounded by the close timer.
     }
 
     /// The server closed TCP. RFC 6455 §7.1.1: after the close handshake, the server closes

@@ -182,3 +182,54 @@ async fn three_hundred_clients_connect_echo_and_close() {
     assert_eq!(closes, CLIENTS);
     eprintln!("whole run: {:?}", started.elapsed());
 }
+
+/// Clients spread over other arbiters (threads) work like local ones, and their addresses can be
+/// used from the test's thread.
+#[actix_rt::test]
+async fn clients_started_on_other_arbiters_connect_echo_and_close() {
+    const SPREAD: usize = 20;
+    let server = TestServer::start();
+    let arbiters = [actix_rt::Arbiter::new(), actix_rt::Arbiter::new()];
+    let (tx, mut rx) = unbounded_channel();
+    let addrs: Vec<_> = (0..SPREAD)
+        .map(|id| {
+            let url = server.url("/echo");
+            let events = tx.clone();
+            Client::start_in_arbiter(&arbiters[id % 2].handle(), move || Member {
+                id,
+                url,
+                events,
+            })
+        })
+        .collect();
+
+    let mut connected = HashSet::new();
+    collect(&mut rx, "every handle_connect", |id, event| {
+        assert!(matches!(event, Ev::Connected), "client {id}: {event:?}");
+        connected.insert(id);
+        connected.len() == SPREAD
+    })
+    .await;
+    for (id, addr) in addrs.iter().enumerate() {
+        let sent = addr
+            .send(SendFrame(Frame::text(format!("client {id}"))))
+            .await;
+        assert!(matches!(sent, Ok(Ok(()))), "client {id}: {sent:?}");
+    }
+    let mut echoes = HashMap::new();
+    collect(&mut rx, "every echo", |id, event| {
+        if let Ev::Text(text) = event {
+            assert_eq!(text, format!("client {id}"));
+            echoes.insert(id, text);
+        }
+        echoes.len() == SPREAD
+    })
+    .await;
+    for addr in &addrs {
+        addr.send(Close).await.expect("Close resolves");
+    }
+    assert!(server.wait_live_connections(0, BOUND).await);
+    for arbiter in arbiters {
+        arbiter.stop();
+    }
+}
