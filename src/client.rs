@@ -269,12 +269,18 @@ impl<H: MinchHandler> Client<H> {
         };
         conn.remember_waker(cx);
 
+        // Until the socket says Pending, no read waker is registered: a pass that stops on the
+        // budget instead must wake itself, or the frames still unread would never be handled.
+        let mut budget_spent = true;
         for _ in 0..FRAMES_PER_POLL {
             let Some(conn) = self.connection(generation) else {
                 return Poll::Ready(());
             };
             match Pin::new(&mut conn.transport).next_item(cx) {
-                Poll::Pending => break,
+                Poll::Pending => {
+                    budget_spent = false;
+                    break;
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     conn.counters.frames_in += 1;
                     conn.counters.bytes_in += frame.payload_len() as u64;
@@ -297,8 +303,8 @@ impl<H: MinchHandler> Client<H> {
         let Some(conn) = self.connection(generation) else {
             return Poll::Ready(());
         };
-        if !conn.transport.is_read_buf_empty() {
-            // Budget spent with frames still buffered: come back after other actors ran.
+        if budget_spent {
+            // Come back after the other actors on this arbiter had their turn.
             cx.waker().wake_by_ref();
         }
         if let Poll::Ready(Err(error)) = conn.poll_flush(cx) {
