@@ -35,7 +35,11 @@ async fn burst_then_one_more(count: usize) {
         assert_eq!(frame, Frame::text(n.to_string()));
     }
     let last = frames.receive_frame(Duration::from_secs(5)).await;
-    assert_eq!(last.ok(), Some(Frame::text("last")), "after a burst of {count}");
+    assert_eq!(
+        last.ok(),
+        Some(Frame::text("last")),
+        "after a burst of {count}"
+    );
 }
 
 #[actix_rt::test]
