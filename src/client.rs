@@ -468,7 +468,6 @@ impl<H: MinchHandler> Client<H> {
         match &conn.ping {
             Some(ping) if ping.payload == payload => {
                 let rtt = ping.sent_at.elapsed();
-                conn.last_rtt = Some(rtt);
                 self.last_rtt = Some(rtt);
                 // Keep `ping` until its timer runs, so only one ping is in flight at a time.
                 true

@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use actix::dev::{MessageResponse, OneshotSender};
@@ -75,7 +75,6 @@ pub(crate) struct Connection {
     pub(crate) connected_at: SystemTime,
     pub(crate) counters: Counters,
     pub(crate) ping: Option<PendingPing>,
-    pub(crate) last_rtt: Option<Duration>,
     /// The driver's task waker, for writes made where actix does not poll the driver next
     /// (timers, scheduled messages).
     waker: Option<Waker>,
@@ -97,7 +96,6 @@ impl Connection {
             connected_at: SystemTime::now(),
             counters: Counters::default(),
             ping: None,
-            last_rtt: None,
             waker: None,
             deliveries: Waiters::default(),
             backlog: VecDeque::new(),
