@@ -99,6 +99,13 @@ impl Message for Close {
     type Result = ();
 }
 
+/// [`ClientContext::stop`](crate::ClientContext::stop)'s message to its own client.
+pub(crate) struct StopRequest(pub(crate) String);
+
+impl Message for StopRequest {
+    type Result = ();
+}
+
 /// Asks for the client's [`Stats`].
 #[derive(Debug, Clone, Copy)]
 pub struct GetStats;
@@ -717,6 +724,17 @@ impl<H: MinchHandler> Handler<Info<H::Info>> for Client<H> {
         let reply = self.with_context(ctx, |handler, ctx| handler.handle_info(info, ctx));
         self.apply(reply, ctx);
         // Scheduled messages run outside the mailbox pass that precedes the driver's poll.
+        if let State::Connected(conn) = &self.state {
+            conn.wake_driver();
+        }
+    }
+}
+
+impl<H: MinchHandler> Handler<StopRequest> for Client<H> {
+    type Result = ();
+
+    fn handle(&mut self, StopRequest(reason): StopRequest, ctx: &mut Context<Self>) {
+        self.stop(StopReason::Requested(reason), ctx);
         if let State::Connected(conn) = &self.state {
             conn.wake_driver();
         }

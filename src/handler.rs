@@ -6,7 +6,7 @@ use actix::{Addr, AsyncContext, SpawnHandle};
 
 use crate::{
     backoff::{backoff_duration, BackoffOptions},
-    client::{Client, Info},
+    client::{Client, Info, StopRequest},
     frame::{CloseCode, CloseFrame, Frame},
     options::ConnectRequest,
     transport::Response,
@@ -380,6 +380,13 @@ impl<H: MinchHandler> ClientContext<'_, H> {
     /// whether it was still pending.
     pub fn cancel(&mut self, handle: SpawnHandle) -> bool {
         self.actor.cancel_future(handle)
+    }
+
+    /// Closes the connection (code 1000) and stops the client once the current callback has
+    /// returned — the same as returning [`Reply::Stop`], for code that has no reply to return
+    /// (e.g. a helper called from several callbacks).
+    pub fn stop(&mut self, reason: impl Into<String>) {
+        self.actor.notify(StopRequest(reason.into()));
     }
 
     /// Whether the WebSocket is open (upgraded and not closing).

@@ -532,6 +532,35 @@ async fn a_stop_reply_closes_and_terminates_with_requested() {
         .await;
 }
 
+#[actix_rt::test]
+async fn stop_from_the_context_closes_and_terminates_with_requested() {
+    let server = TestServer::start();
+    let (handler, mut events) = Recorder::new(server.url("/echo"));
+    let addr = Client::start(handler);
+    events
+        .wait_for("handle_connect", WAIT, Event::is_connected)
+        .await;
+    addr.send(Info(Cmd::Stop("from the context".into())))
+        .await
+        .expect("mailbox");
+
+    assert!(
+        server
+            .wait_event(server_close_code(1000), WAIT)
+            .await
+            .is_some(),
+        "server events: {:?}",
+        server.events()
+    );
+    let event = events
+        .wait_for("terminate", WAIT, Event::is_terminate)
+        .await;
+    assert!(
+        matches!(&event, Event::Terminate(StopReason::Requested(r)) if r == "from the context"),
+        "{event:?}"
+    );
+}
+
 // ---- handle_info ---------------------------------------------------------------------------
 
 #[actix_rt::test]

@@ -101,6 +101,8 @@ pub enum Cmd {
     /// Schedule the inner command, cancel it at once, and record
     /// `Event::Info { note: "cancelled: <what cancel returned>" }`.
     AfterThenCancel(Duration, Box<Cmd>),
+    /// Call `ClientContext::stop` with this reason and continue.
+    Stop(String),
 }
 
 /// What `handle_disconnect` decides.
@@ -229,6 +231,10 @@ impl MinchHandler for Recorder {
             }
             Cmd::After(delay, cmd) => {
                 ctx.send_info_after(delay, *cmd);
+                Reply::Continue
+            }
+            Cmd::Stop(reason) => {
+                ctx.stop(reason);
                 Reply::Continue
             }
             Cmd::AfterThenCancel(delay, cmd) => {
