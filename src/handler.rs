@@ -351,7 +351,7 @@ impl fmt::Display for StopReason {
 }
 
 /// What callbacks can do besides replying: reach the client's address, schedule messages to
-/// themselves, ask about the connection.
+/// themselves, stop the client, ask about the connection.
 pub struct ClientContext<'a, H: MinchHandler> {
     pub(crate) actor: &'a mut actix::Context<Client<H>>,
     pub(crate) connected: bool,
