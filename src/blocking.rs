@@ -39,7 +39,7 @@ use crate::{
     error::SendError,
     frame::Frame,
     handler::DisconnectReason,
-    options::ConnectOptions,
+    options::{ConnectOptions, ConnectRequest},
     simple::{self, ReceiveError},
     Error,
 };
@@ -96,17 +96,13 @@ where
     K: Into<String>,
     V: Into<String>,
 {
-    let url = url.into();
-    let headers: Vec<(String, String)> = headers
-        .into_iter()
-        .map(|(name, value)| (name.into(), value.into()))
-        .collect();
+    let request: ConnectRequest = (url, headers, options).into();
     let (opened_tx, opened_rx) = std_mpsc::channel();
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = std_mpsc::channel();
 
     let spawned = runtime()?.spawn_fn(move || {
-        actix_rt::spawn(serve(url, headers, options, opened_tx, commands, events_tx));
+        actix_rt::spawn(serve(request, opened_tx, commands, events_tx));
     });
     if !spawned {
         return Err(Error::io(std::io::Error::other(
@@ -135,14 +131,12 @@ where
 /// Runs one connection on the background thread: opens it, then carries out commands and
 /// forwards frames until it ends.
 async fn serve(
-    url: String,
-    headers: Vec<(String, String)>,
-    options: ConnectOptions,
+    request: ConnectRequest,
     opened: std_mpsc::Sender<Result<(), Error>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: std_mpsc::Sender<Event>,
 ) {
-    let (connection, mut frames) = match simple::connect(url, headers, options).await {
+    let (connection, mut frames) = match simple::open(request).await {
         Ok(opened_connection) => {
             let _ = opened.send(Ok(()));
             opened_connection

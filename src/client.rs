@@ -11,7 +11,7 @@ use std::{
 use actix::{fut::ActorFuture, prelude::*, Supervised, Supervisor};
 
 use crate::{
-    connection::{Closing, Connection, Counters, Deferred, PendingPing, Waiters},
+    connection::{Closing, Connection, Counters, Deferred, PendingPing, Sent, Waiters},
     error::{SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
@@ -205,11 +205,12 @@ impl<H: MinchHandler> Client<H> {
 
     /// Ends the current connection: stops its keepalive and keeps its traffic counters.
     fn take_connection(&mut self, ctx: &mut Context<Self>) -> Option<Box<Connection>> {
-        let State::Connected(_) = self.state else {
-            return None;
-        };
-        let State::Connected(conn) = std::mem::replace(&mut self.state, State::Idle(None)) else {
-            unreachable!("checked above");
+        let conn = match std::mem::replace(&mut self.state, State::Idle(None)) {
+            State::Connected(conn) => conn,
+            other => {
+                self.state = other;
+                return None;
+            }
         };
         if let Some(keepalive) = self.keepalive.take() {
             ctx.cancel_future(keepalive);
@@ -514,7 +515,7 @@ impl<H: MinchHandler> Client<H> {
         DisconnectReason::ClientClosed(
             self.pending_client_close
                 .take()
-                .unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, "")),
+                .unwrap_or_else(CloseFrame::normal),
         )
     }
 
@@ -554,7 +555,7 @@ impl<H: MinchHandler> Client<H> {
                 let open = conn.is_open();
                 self.stopping = Some(reason);
                 if open {
-                    let _ = self.begin_close(CloseFrame::new(CloseCode::NORMAL, ""), ctx);
+                    let _ = self.begin_close(CloseFrame::normal(), ctx);
                 }
             }
             State::Connecting(handle) | State::Idle(Some(handle)) => {
@@ -607,11 +608,7 @@ impl<H: MinchHandler> Client<H> {
     }
 
     fn send_reply(&mut self, frame: Frame, ctx: &mut Context<Self>) -> Result<(), SendError> {
-        if let Frame::Close(close) = frame {
-            let close = close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
-            return self.begin_close(close, ctx);
-        }
-        self.open_connection()?.send(frame).map(drop)
+        self.route(frame, true, ctx).map(drop)
     }
 
     fn report_error(&mut self, error: Error, ctx: &mut Context<Self>) {
@@ -619,27 +616,40 @@ impl<H: MinchHandler> Client<H> {
         self.apply_at_depth(reply, ctx, 1);
     }
 
+    /// The answer to a [`SendFrame`] or [`TrySendFrame`].
     fn send_message(
         &mut self,
         frame: Frame,
         wait_for_room: bool,
         ctx: &mut Context<Self>,
     ) -> Deferred<Result<(), SendError>> {
-        if let Frame::Close(close) = frame {
-            let close = close.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
-            return Deferred::ready(self.begin_close(close, ctx));
-        }
-        let conn = match self.open_connection() {
-            Ok(conn) => conn,
-            Err(error) => return Deferred::ready(Err(error)),
-        };
-        if !wait_for_room && conn.is_full() {
-            return Deferred::ready(Err(SendError::BufferFull));
-        }
-        match conn.send(frame) {
-            Ok(sent) => conn.deferred(sent),
+        match self.route(frame, wait_for_room, ctx) {
+            Ok(Some(sent)) => match &self.state {
+                State::Connected(conn) => conn.deferred(sent),
+                _ => Deferred::ready(Err(SendError::ConnectionLost)),
+            },
+            Ok(None) => Deferred::ready(Ok(())),
             Err(error) => Deferred::ready(Err(error)),
         }
+    }
+
+    /// Where every outgoing frame goes: a close frame starts the close handshake (`None`),
+    /// anything else is sent on the open connection.
+    fn route(
+        &mut self,
+        frame: Frame,
+        wait_for_room: bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<Sent>, SendError> {
+        if let Frame::Close(close) = frame {
+            self.begin_close(close.unwrap_or_else(CloseFrame::normal), ctx)?;
+            return Ok(None);
+        }
+        let conn = self.open_connection()?;
+        if !wait_for_room && conn.is_full() {
+            return Err(SendError::BufferFull);
+        }
+        conn.send(frame).map(Some)
     }
 
     fn stats(&self) -> Stats {

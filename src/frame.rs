@@ -116,6 +116,13 @@ impl CloseFrame {
     }
 }
 
+impl CloseFrame {
+    /// Code 1000 with no reason: what the client sends when it closes for no particular reason.
+    pub(crate) fn normal() -> Self {
+        CloseFrame::new(CloseCode::NORMAL, "")
+    }
+}
+
 impl fmt::Display for CloseFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.reason.is_empty() {

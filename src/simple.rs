@@ -67,7 +67,11 @@ where
     K: Into<String>,
     V: Into<String>,
 {
-    let request: ConnectRequest = (url, headers, options).into();
+    open((url, headers, options).into()).await
+}
+
+/// [`connect`] with the request already assembled.
+pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames), Error> {
     let (opened_tx, opened) = oneshot::channel();
     let (events_tx, events) = mpsc::unbounded_channel();
     let addr = Client::start(Forwarder {
