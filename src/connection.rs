@@ -1,5 +1,9 @@
-//! One open WebSocket connection: its transport, the close handshake's progress, the bounded
-//! outgoing buffer, and the senders waiting to learn that their frames were written.
+//! One open WebSocket connection: its transport, the bounded outgoing buffer, the one pending
+//! pong, and the senders waiting to learn that their frames were written.
+//!
+//! Two rules of RFC 6455 hold here by construction, whatever the lifecycle asks: nothing is
+//! written after a close frame (§5.5.1), and pongs never pile up (§5.5.3: answering only the
+//! latest ping is enough).
 
 use std::{
     cell::RefCell,
@@ -8,31 +12,22 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use actix::dev::{MessageResponse, OneshotSender};
+use bytes::Bytes;
 
 use crate::{
+    client::Link,
     error::SendError,
-    frame::{CloseFrame, Frame},
+    frame::{CloseCode, CloseFrame, Frame},
     protocol::{validate_outgoing, CodecError},
     transport::Transport,
 };
 
 /// Bytes a frame adds to the write buffer beyond its payload, at most: a 14-byte header.
 const FRAME_OVERHEAD: usize = 14;
-
-/// Where the close handshake stands (RFC 6455 §7).
-#[derive(Debug)]
-pub(crate) enum Closing {
-    /// No close frame sent or received.
-    Open,
-    /// We sent a close frame; waiting for the server's reply, then for it to drop TCP.
-    Sent,
-    /// The server sent a close frame and we echoed it; waiting for it to drop TCP.
-    Received(Option<CloseFrame>),
-}
 
 /// What became of a frame handed to [`Connection::send`].
 pub(crate) enum Sent {
@@ -60,21 +55,18 @@ impl std::ops::AddAssign for Counters {
     }
 }
 
-/// A keepalive ping waiting for its pong.
-#[derive(Debug)]
-pub(crate) struct PendingPing {
-    pub(crate) payload: [u8; 8],
-    pub(crate) sent_at: Instant,
-    /// `frames_in` when the ping went out: any frame since proves the peer alive.
-    pub(crate) frames_in_then: u64,
-}
-
 pub(crate) struct Connection {
     pub(crate) transport: Transport,
-    pub(crate) closing: Closing,
+    /// Which of the client's attempts opened it: its driver polls this one only.
+    pub(crate) generation: u64,
     pub(crate) connected_at: SystemTime,
     pub(crate) counters: Counters,
-    pub(crate) ping: Option<PendingPing>,
+    /// A close frame is in the write buffer or the backlog: nothing may follow it.
+    close_queued: bool,
+    /// The payload of the latest ping not answered yet; written at the next flush.
+    pending_pong: Option<Bytes>,
+    /// A pong is in the write buffer, not flushed yet: the next one waits for it.
+    pong_in_buffer: bool,
     /// The driver's task waker, for writes made where actix does not poll the driver next
     /// (timers, scheduled messages).
     waker: Option<Waker>,
@@ -89,23 +81,21 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(transport: Transport, max_buffered: usize) -> Self {
+    pub(crate) fn new(transport: Transport, generation: u64, max_buffered: usize) -> Self {
         Connection {
             transport,
-            closing: Closing::Open,
+            generation,
             connected_at: SystemTime::now(),
             counters: Counters::default(),
-            ping: None,
+            close_queued: false,
+            pending_pong: None,
+            pong_in_buffer: false,
             waker: None,
             deliveries: Waiters::default(),
             backlog: VecDeque::new(),
             buffered: 0,
             max_buffered,
         }
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        matches!(self.closing, Closing::Open)
     }
 
     /// Whether new frames would be held back.
@@ -116,23 +106,74 @@ impl Connection {
     /// Sends a frame: into the write buffer, or (over the buffer limit) held back in order
     /// until the buffer drains. The driver flushes the buffer at the end of its poll, which
     /// actix runs right after the mailbox: frames sent in one burst go out in one write.
+    ///
+    /// A close frame sent this way goes after the frames sent before it; nothing goes after it.
     pub(crate) fn send(&mut self, frame: Frame) -> Result<Sent, SendError> {
+        if self.close_queued {
+            return Err(SendError::Closing);
+        }
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        if self.is_full() {
+        let is_close = matches!(frame, Frame::Close(_));
+        let sent = if self.is_full() {
             let slot = Slot::default();
             self.backlog.push_back((frame, slot.clone()));
-            return Ok(Sent::HeldBack(slot));
-        }
-        self.encode(frame)?;
-        Ok(Sent::Buffered)
+            Sent::HeldBack(slot)
+        } else {
+            self.encode(frame)?;
+            Sent::Buffered
+        };
+        self.close_queued |= is_close;
+        Ok(sent)
     }
 
-    /// Puts a control frame in the write buffer ahead of any held-back data: pongs and close
-    /// echoes must not wait behind a backlog (RFC 6455 §5.4 lets control frames go between
-    /// messages).
-    pub(crate) fn send_control(&mut self, frame: Frame) -> Result<(), SendError> {
-        validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        self.encode(frame)
+    /// Puts a keepalive ping in the write buffer ahead of any held-back data (RFC 6455 §5.4
+    /// lets control frames go between the frames of a message).
+    pub(crate) fn send_ping(&mut self, payload: Bytes) {
+        if !self.close_queued {
+            let _ = self.encode(Frame::Ping(payload));
+        }
+    }
+
+    /// Remembers a ping to answer. RFC 6455 §5.5.3 lets an endpoint answer only the latest of
+    /// several pings: a peer that pings without reading cannot grow the write buffer.
+    pub(crate) fn answer_ping(&mut self, payload: Bytes) {
+        if !self.close_queued {
+            self.pending_pong = Some(payload);
+        }
+    }
+
+    /// Puts a close frame in the write buffer ahead of any held-back data, which is refused
+    /// with `refusal` (RFC 6455 §5.5.1: nothing is sent after a close frame). A pong still
+    /// owed goes first.
+    pub(crate) fn close_now(&mut self, close: CloseFrame, refusal: SendError) {
+        if self.close_queued {
+            return;
+        }
+        if let Some(payload) = self.pending_pong.take() {
+            let _ = self.encode(Frame::Pong(payload));
+        }
+        let _ = self.encode(Frame::Close(Some(close)));
+        self.close_queued = true;
+        for (_, slot) in self.backlog.drain(..) {
+            if let Some(sender) = slot.0.borrow_mut().take() {
+                let _ = sender.send(Err(refusal.clone()));
+            }
+        }
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame, unless one went already, ahead
+    /// of held-back data; then one flush, as far as the socket takes it without waiting. The
+    /// caller drops the connection next.
+    pub(crate) fn fail(&mut self, close: Option<CloseFrame>) {
+        if let Some(close) = close {
+            self.close_now(close, SendError::ConnectionLost);
+        }
+        let _ = self.poll_flush(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// Answers the server's close frame, echoing its code.
+    pub(crate) fn echo_close(&mut self, code: CloseCode) {
+        self.close_now(CloseFrame::new(code, ""), SendError::Closing);
     }
 
     fn encode(&mut self, frame: Frame) -> Result<(), SendError> {
@@ -153,11 +194,20 @@ impl Connection {
     /// sender learns its frame was written once the buffer holding it is flushed.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if !self.pong_in_buffer {
+                if let Some(payload) = self.pending_pong.take() {
+                    self.pong_in_buffer = self.encode(Frame::Pong(payload)).is_ok();
+                }
+            }
             if self.buffered > 0 {
                 match Pin::new(&mut self.transport).flush::<Frame>(cx) {
                     Poll::Ready(Ok(())) => {
                         self.buffered = 0;
+                        self.pong_in_buffer = false;
                         self.deliveries.complete_all(Ok(()));
+                        if self.pending_pong.is_some() {
+                            continue;
+                        }
                     }
                     Poll::Ready(Err(CodecError::Io(error))) => return Poll::Ready(Err(error)),
                     Poll::Ready(Err(CodecError::Protocol(error))) => {
@@ -209,8 +259,16 @@ impl Connection {
     }
 }
 
+impl Link for Box<Connection> {
+    fn frames_in(&self) -> u64 {
+        self.counters.frames_in
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
+        // The driver of this connection is to see that it is gone, and end.
+        self.wake_driver();
         // Frames not yet written never will be: their senders must hear so.
         self.deliveries.complete_all(Err(SendError::ConnectionLost));
         for (_, slot) in self.backlog.drain(..) {

@@ -2,11 +2,11 @@
 
 use std::{error::Error as StdError, fmt, time::Duration};
 
-use actix::{Addr, AsyncContext, SpawnHandle};
+use actix::{Addr, AsyncContext};
 
 use crate::{
     backoff::{backoff_duration, BackoffOptions},
-    client::{Client, Info, StopRequest},
+    client::{Client, HandlerTimers, TimerId},
     frame::{CloseCode, CloseFrame, Frame},
     options::ConnectRequest,
     transport::Response,
@@ -356,6 +356,8 @@ pub struct ClientContext<'a, H: MinchHandler> {
     pub(crate) actor: &'a mut actix::Context<Client<H>>,
     pub(crate) connected: bool,
     pub(crate) attempt: u32,
+    pub(crate) timers: &'a mut HandlerTimers<H::Info>,
+    pub(crate) stop: &'a mut Option<String>,
 }
 
 impl<H: MinchHandler> ClientContext<'_, H> {
@@ -365,28 +367,38 @@ impl<H: MinchHandler> ClientContext<'_, H> {
     }
 
     /// Delivers `info` to [`handle_info`](MinchHandler::handle_info) after `delay` — Elixir's
-    /// `Process.send_after(self(), info, delay)`. Returns a handle for [`cancel`](Self::cancel).
-    pub fn send_info_after(&mut self, delay: Duration, info: H::Info) -> SpawnHandle {
-        self.actor.notify_later(Info(info), delay)
+    /// `Process.send_after(self(), info, delay)`. Returns an id for [`cancel`](Self::cancel).
+    ///
+    /// The timer belongs to the handler, not to the connection: it survives reconnects, and
+    /// is dropped with the handler at the final stop.
+    pub fn send_info_after(&mut self, delay: Duration, info: H::Info) -> TimerId {
+        Client::schedule_info(self.actor, self.timers, delay, info)
     }
 
     /// Delivers `info` to [`handle_info`](MinchHandler::handle_info) as soon as the current
-    /// callback returns.
+    /// callback returns (and the client's other pending work is done).
     pub fn send_info(&mut self, info: H::Info) {
-        self.actor.notify(Info(info));
+        self.send_info_after(Duration::ZERO, info);
     }
 
     /// Cancels a message scheduled with [`send_info_after`](Self::send_info_after). Returns
     /// whether it was still pending.
-    pub fn cancel(&mut self, handle: SpawnHandle) -> bool {
-        self.actor.cancel_future(handle)
+    pub fn cancel(&mut self, timer: TimerId) -> bool {
+        match self.timers.cancel(timer) {
+            Some(handle) => {
+                self.actor.cancel_future(handle);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes the connection (code 1000) and stops the client once the current callback has
-    /// returned — the same as returning [`Reply::Stop`], for code that has no reply to return
-    /// (e.g. a helper called from several callbacks).
+    /// returned and its reply is carried out — the same as returning [`Reply::Stop`], for code
+    /// that has no reply to return (e.g. a helper called from several callbacks). The first
+    /// reason given is the one [`terminate`](MinchHandler::terminate) hears.
     pub fn stop(&mut self, reason: impl Into<String>) {
-        self.actor.notify(StopRequest(reason.into()));
+        self.stop.get_or_insert_with(|| reason.into());
     }
 
     /// Whether the WebSocket is open (upgraded and not closing).

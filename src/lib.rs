@@ -127,7 +127,7 @@ pub mod http {
 
 pub use crate::{
     backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
-    client::{Client, Close, GetStats, Info, SendFrame, Stats, TrySendFrame},
+    client::{Client, Close, GetStats, Info, SendFrame, Stats, TimerId, TrySendFrame},
     connection::Deferred,
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},

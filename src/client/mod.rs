@@ -1,0 +1,725 @@
+//! The actor that runs a [`MinchHandler`]: connecting, the frame loop, keepalive, the close
+//! handshake and the reconnect loop.
+//!
+//! The lifecycle lives in one state machine, [`lifecycle::Lifecycle`], with no I/O in it; the
+//! actor carries its actions to sockets, timers and callbacks. Each connection ends the actor's
+//! run: actix's [`Supervisor`] restarts it, which clears every future of the old connection, and
+//! the restarted actor waits the delay `handle_disconnect` returned before it calls `connect`.
+//! The [`Addr`] stays the same throughout.
+//!
+//! # Invariants
+//!
+//! Checked by the randomized tests (the lifecycle driven at speed in `lifecycle::tests`, and
+//! the client over loopback in `tests/lifecycle_random.rs`):
+//!
+//! 1. `init` runs once per client; `terminate` exactly once, and no callback after it. The
+//!    handler is dropped right after `terminate`, even while addresses of the client live.
+//! 2. No connection attempt after the final stop. Consecutive attempts are at least the delay
+//!    `handle_disconnect` returned apart. `attempt` counts the failures since the last
+//!    successful upgrade, starting at 1.
+//! 3. Every [`SendFrame`] and [`TrySendFrame`] resolves exactly once; `Ok` only once its frame
+//!    went to the socket, and never for a frame after a close frame: no data frame follows a
+//!    close frame on the wire.
+//! 4. At most one pong waits to be written; nothing of one connection (its timers, frames and
+//!    senders) acts on the next.
+//! 5. The client never spins: every timer it sets lies in the future.
+
+mod lifecycle;
+mod timers;
+
+use std::{
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use actix::{fut::ActorFuture, prelude::*, Supervised, Supervisor};
+
+use self::lifecycle::{Action, Lifecycle, Settings};
+pub use self::timers::TimerId;
+pub(crate) use self::{lifecycle::Link, timers::HandlerTimers};
+use crate::{
+    connection::{Connection, Counters, Deferred, Sent, Waiters},
+    error::SendError,
+    frame::{CloseFrame, Frame},
+    handler::{ClientContext, MinchHandler, Reconnect, Reply, StopReason},
+    options::ConnectOptions,
+    protocol::CodecError,
+    transport::{self, Response},
+    Error, ProtocolError,
+};
+
+/// At most this many frames are handled per wake-up, so one busy connection cannot starve the
+/// other actors on its arbiter.
+const FRAMES_PER_POLL: usize = 64;
+
+/// The actix actor that runs a [`MinchHandler`]: it connects, answers pings, completes close
+/// handshakes, hands frames to the handler and reconnects as
+/// [`handle_disconnect`](MinchHandler::handle_disconnect) decides.
+///
+/// Start it with [`Client::start`]; talk to it through its [`Addr`] with [`SendFrame`],
+/// [`TrySendFrame`], [`Info`], [`GetStats`] and [`Close`]. The address stays valid across
+/// reconnects; after the final stop it answers [`SendError::Stopped`].
+pub struct Client<H: MinchHandler> {
+    /// `None` once `terminate` has run: the handler is dropped right after it.
+    handler: Option<H>,
+    lifecycle: Lifecycle<Box<Connection>>,
+    /// The handler's `send_info_after` messages: they outlive connections.
+    timers: HandlerTimers<H::Info>,
+    /// A stop asked for with [`ClientContext::stop`], carried out once the callback's reply is.
+    stop_request: Option<String>,
+    /// Bumped for every attempt: the answer and the driver of an earlier one find it stale.
+    generation: u64,
+    /// The attempt under way.
+    opening: Option<SpawnHandle>,
+    /// The server's answer to the attempt that just succeeded, for `handle_connect`.
+    response: Option<Response>,
+    /// The lifecycle's timer: when it fires, and its handle.
+    alarm: Option<(Instant, SpawnHandle)>,
+    /// An address held across a restart: actix's supervisor restarts an actor only while an
+    /// address of it lives, and a client whose owner dropped every address must reconnect too.
+    restart_guard: Option<Addr<Self>>,
+    /// The options of the current (or last) attempt.
+    options: ConnectOptions,
+    /// [`Close`] messages waiting for `terminate`.
+    stopped: Waiters<()>,
+    /// Traffic of the connections that have ended.
+    past_traffic: Counters,
+    upgrades: u64,
+}
+
+/// Sends a frame. Resolves once the frame has been written to the connection, or with the
+/// reason it was not: the client never buffers frames for a later connection. When the
+/// outgoing buffer is full, it resolves only once there was room — so a sender that awaits
+/// each send slows down to the server's pace.
+///
+/// Sending [`Frame::Close`] starts the close handshake, as [`Reply::Close`] does.
+#[derive(Debug, Clone)]
+pub struct SendFrame(pub Frame);
+
+impl Message for SendFrame {
+    type Result = Result<(), SendError>;
+}
+
+/// Like [`SendFrame`], but fails at once with [`SendError::BufferFull`] instead of waiting when
+/// the outgoing buffer is over [`ConnectOptions::max_buffered_bytes`].
+#[derive(Debug, Clone)]
+pub struct TrySendFrame(pub Frame);
+
+impl Message for TrySendFrame {
+    type Result = Result<(), SendError>;
+}
+
+/// A message for [`MinchHandler::handle_info`].
+#[derive(Debug, Clone)]
+pub struct Info<T>(pub T);
+
+impl<T: 'static> Message for Info<T> {
+    type Result = ();
+}
+
+/// Closes the connection (code 1000) and stops the client — Minch's `close/1`. Resolves once
+/// [`terminate`](MinchHandler::terminate) has run.
+#[derive(Debug, Clone, Copy)]
+pub struct Close;
+
+impl Message for Close {
+    type Result = ();
+}
+
+/// Asks for the client's [`Stats`].
+#[derive(Debug, Clone, Copy)]
+pub struct GetStats;
+
+impl Message for GetStats {
+    type Result = Stats;
+}
+
+/// A snapshot of a client's state and traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Whether the WebSocket is open (upgraded and not closing).
+    pub connected: bool,
+    /// When the current connection was upgraded.
+    pub connected_since: Option<SystemTime>,
+    /// Failures since the last successful upgrade.
+    pub attempt: u32,
+    /// Successful upgrades after the first one.
+    pub reconnects: u64,
+    /// Frames received (text, binary, ping, pong, close), over all connections.
+    pub frames_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Frames written to the buffer, over all connections.
+    pub frames_out: u64,
+    /// Payload bytes written to the buffer.
+    pub bytes_out: u64,
+    /// The round trip of the last keepalive ping.
+    pub last_ping_rtt: Option<Duration>,
+}
+
+impl<H: MinchHandler> Client<H> {
+    /// Starts a client for `handler` on the current arbiter, under a supervisor, and returns its
+    /// address.
+    pub fn start(handler: H) -> Addr<Self> {
+        Supervisor::start(|_| Client::new(handler))
+    }
+
+    /// Starts a client on another arbiter (thread), to spread many clients over the cores.
+    /// `make_handler` runs on that arbiter.
+    pub fn start_in_arbiter<F>(arbiter: &ArbiterHandle, make_handler: F) -> Addr<Self>
+    where
+        F: FnOnce() -> H + Send + 'static,
+        H::Info: Send,
+    {
+        Supervisor::start_in_arbiter(arbiter, move |_| Client::new(make_handler()))
+    }
+
+    fn new(handler: H) -> Self {
+        Client {
+            handler: Some(handler),
+            lifecycle: Lifecycle::new(),
+            timers: HandlerTimers::default(),
+            stop_request: None,
+            generation: 0,
+            opening: None,
+            response: None,
+            alarm: None,
+            restart_guard: None,
+            options: ConnectOptions::default(),
+            stopped: Waiters::default(),
+            past_traffic: Counters::default(),
+            upgrades: 0,
+        }
+    }
+
+    /// Runs a callback with a [`ClientContext`]; `None` once the handler is gone.
+    fn callback<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        callback: impl FnOnce(&mut H, &mut ClientContext<'_, H>) -> R,
+    ) -> Option<R> {
+        let handler = self.handler.as_mut()?;
+        let mut client_ctx = ClientContext {
+            actor: ctx,
+            connected: self.lifecycle.is_open(),
+            attempt: self.lifecycle.attempt(),
+            timers: &mut self.timers,
+            stop: &mut self.stop_request,
+        };
+        Some(callback(handler, &mut client_ctx))
+    }
+
+    /// Carries out what the lifecycle asks, until it asks nothing more, then sets its timer.
+    /// Every entry point (a message, the driver, a timer) ends here.
+    fn run(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            self.honour_stop_request();
+            let Some(action) = self.lifecycle.next_action() else {
+                break;
+            };
+            self.execute(action, ctx);
+        }
+        self.rearm(ctx);
+    }
+
+    fn honour_stop_request(&mut self) {
+        if let Some(reason) = self.stop_request.take() {
+            self.lifecycle
+                .stop_requested(StopReason::Requested(reason), Instant::now());
+        }
+    }
+
+    fn execute(&mut self, action: Action<Box<Connection>>, ctx: &mut Context<Self>) {
+        match action {
+            Action::Init => {
+                let result = self.callback(ctx, |handler, ctx| handler.init(ctx));
+                self.honour_stop_request();
+                let result = result.unwrap_or(Ok(())).map_err(|error| error.to_string());
+                self.lifecycle.init_done(result);
+            }
+            Action::Connect => self.connect(ctx),
+            Action::CancelConnect => {
+                if let Some(opening) = self.opening.take() {
+                    ctx.cancel_future(opening);
+                }
+            }
+            Action::Connected => {
+                let response = self
+                    .response
+                    .take()
+                    .expect("an upgrade comes with its response");
+                let reply =
+                    self.callback(ctx, |handler, ctx| handler.handle_connect(&response, ctx));
+                self.apply(reply, ctx);
+            }
+            Action::SendClose(close) => {
+                if let Some(conn) = self.lifecycle.conn_mut() {
+                    // Through `send`, so that the close goes after any held-back data.
+                    let _ = conn.send(Frame::Close(Some(close)));
+                    conn.wake_driver();
+                }
+            }
+            Action::EchoClose(code) => {
+                if let Some(conn) = self.lifecycle.conn_mut() {
+                    conn.echo_close(code);
+                    conn.wake_driver();
+                }
+            }
+            Action::Ping(payload) => {
+                if let Some(conn) = self.lifecycle.conn_mut() {
+                    conn.send_ping(payload.to_vec().into());
+                    conn.wake_driver();
+                }
+            }
+            Action::Fail {
+                mut conn,
+                error,
+                send_close,
+            } => {
+                log::debug!("minch: failing the connection: {error}");
+                let close = send_close
+                    .then(|| CloseFrame::new(error.close_code(), close_reason_for(&error)));
+                conn.fail(close);
+                self.retire(conn);
+            }
+            Action::Drop(conn) => self.retire(conn),
+            Action::ReportError(error) => {
+                let reply = self.callback(ctx, |handler, ctx| handler.handle_error(error, ctx));
+                self.apply_at_depth(reply, ctx, 1);
+            }
+            Action::Disconnected { reason, attempt } => {
+                log::debug!("minch: disconnected: {reason}");
+                let decision = self.callback(ctx, |handler, ctx| {
+                    handler.handle_disconnect(&reason, attempt, ctx)
+                });
+                // A stop asked for inside handle_disconnect wins over its answer.
+                self.honour_stop_request();
+                self.lifecycle.decided(decision.unwrap_or(Reconnect::Stop));
+            }
+            Action::Restart => {
+                self.restart_guard = Some(ctx.address());
+                ctx.stop();
+            }
+            Action::Terminate(reason) => {
+                log::debug!("minch: stopping: {reason}");
+                self.callback(ctx, |handler, ctx| handler.terminate(&reason, ctx));
+                self.handler = None;
+                self.stop_request = None;
+                for handle in self.timers.clear() {
+                    ctx.cancel_future(handle);
+                }
+                self.stopped.complete_all(());
+            }
+        }
+    }
+
+    /// Keeps the traffic of a connection that ended, and drops it: its senders still waiting
+    /// hear [`SendError::ConnectionLost`], and its driver ends.
+    fn retire(&mut self, conn: Box<Connection>) {
+        self.past_traffic += conn.counters;
+    }
+
+    /// Sets the lifecycle's one timer to its next deadline.
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let due = self.lifecycle.poll_timeout();
+        if self.alarm.map(|(at, _)| at) == due {
+            return;
+        }
+        if let Some((_, handle)) = self.alarm.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = due {
+            let delay = at.saturating_duration_since(Instant::now());
+            let handle = ctx.run_later(delay, |client, ctx| {
+                client.alarm = None;
+                client.lifecycle.timeout(Instant::now(), rand::random());
+                client.run(ctx);
+            });
+            self.alarm = Some((at, handle));
+        }
+    }
+
+    // ---- connecting -------------------------------------------------------------------------
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let request = self.callback(ctx, |handler, ctx| handler.connect(ctx));
+        // A stop asked for inside `connect` comes before the attempt.
+        self.honour_stop_request();
+        let Some(request) = request.filter(|_| self.lifecycle.is_connecting()) else {
+            return;
+        };
+        self.options = request.options.clone();
+        log::debug!("minch: connecting to {request:?}");
+        let opening = async move { transport::open(&request).await }
+            .into_actor(self)
+            .map(move |result, client, ctx| client.on_open(generation, result, ctx));
+        self.opening = Some(ctx.spawn(opening));
+    }
+
+    fn on_open(
+        &mut self,
+        generation: u64,
+        result: Result<(Response, transport::Transport), Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        if generation != self.generation || !self.lifecycle.is_connecting() {
+            return;
+        }
+        self.opening = None;
+        match result {
+            Ok((response, transport)) => {
+                log::debug!("minch: connected");
+                self.upgrades += 1;
+                let options = &self.options;
+                let conn = Connection::new(transport, generation, options.max_buffered_bytes);
+                let settings = Settings {
+                    close_timeout: options.close_timeout,
+                    keepalive: options
+                        .ping_interval
+                        .map(|interval| (interval, options.pong_timeout)),
+                };
+                self.response = Some(response);
+                self.lifecycle
+                    .opened(Box::new(conn), settings, Instant::now());
+                ctx.spawn(Driver { generation });
+            }
+            Err(error) => self.lifecycle.open_failed(error),
+        }
+        self.run(ctx);
+    }
+
+    // ---- the frame loop ---------------------------------------------------------------------
+
+    /// The connection the driver of `generation` polls, while it is the current one.
+    fn connection(&mut self, generation: u64) -> Option<&mut Connection> {
+        match self.lifecycle.conn_mut() {
+            Some(conn) if conn.generation == generation => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Reads and handles frames, then flushes; called by the [`Driver`] on every wake-up.
+    fn drive(
+        &mut self,
+        generation: u64,
+        ctx: &mut Context<Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        let Some(conn) = self.connection(generation) else {
+            return Poll::Ready(());
+        };
+        conn.remember_waker(cx);
+
+        // Until the socket says Pending, no read waker is registered: a pass that stops on the
+        // budget instead must wake itself, or the frames still unread would never be handled.
+        let mut budget_spent = true;
+        for _ in 0..FRAMES_PER_POLL {
+            let Some(conn) = self.connection(generation) else {
+                break;
+            };
+            match Pin::new(&mut conn.transport).next_item(cx) {
+                Poll::Pending => {
+                    budget_spent = false;
+                    break;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    conn.counters.frames_in += 1;
+                    conn.counters.bytes_in += frame.payload_len() as u64;
+                    self.on_frame(generation, frame, ctx);
+                }
+                Poll::Ready(Some(Err(CodecError::Protocol(error)))) => {
+                    self.lifecycle.violation(error)
+                }
+                Poll::Ready(Some(Err(CodecError::Io(error)))) => {
+                    self.lifecycle.lost(Error::io(error))
+                }
+                Poll::Ready(None) => self.lifecycle.eof(),
+            }
+            if self.lifecycle.has_work() || self.stop_request.is_some() {
+                self.run(ctx);
+            }
+        }
+        self.run(ctx);
+        let Some(conn) = self.connection(generation) else {
+            return Poll::Ready(());
+        };
+        if budget_spent {
+            // Come back after the other actors on this arbiter had their turn.
+            cx.waker().wake_by_ref();
+        }
+        if let Poll::Ready(Err(error)) = conn.poll_flush(cx) {
+            self.lifecycle.lost(Error::io(error));
+            self.run(ctx);
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn on_frame(&mut self, generation: u64, frame: Frame, ctx: &mut Context<Self>) {
+        match frame {
+            Frame::Ping(payload) => {
+                // RFC 6455 §5.5.3: answer with the same payload, as soon as possible — ahead of
+                // any held-back data. The driver flushes before it sleeps.
+                if let Some(conn) = self.connection(generation) {
+                    conn.answer_ping(payload);
+                }
+            }
+            Frame::Pong(payload) if self.lifecycle.pong(&payload, Instant::now()) => {}
+            Frame::Close(close) => self.lifecycle.close_received(close, Instant::now()),
+            frame => {
+                let reply = self.callback(ctx, |handler, ctx| handler.handle_frame(frame, ctx));
+                self.apply(reply, ctx);
+            }
+        }
+    }
+
+    // ---- replies and sends ------------------------------------------------------------------
+
+    fn apply(&mut self, reply: Option<Reply>, ctx: &mut Context<Self>) {
+        self.apply_at_depth(reply, ctx, 0);
+    }
+
+    fn apply_at_depth(&mut self, reply: Option<Reply>, ctx: &mut Context<Self>, depth: u8) {
+        let failure = match reply.unwrap_or(Reply::Continue) {
+            Reply::Continue => None,
+            Reply::Send(frame) => self.route(frame, true).err(),
+            Reply::SendAll(frames) => frames
+                .into_iter()
+                .find_map(|frame| self.route(frame, true).err()),
+            Reply::Close(close) => self.route(Frame::Close(Some(close)), true).err(),
+            Reply::Stop(reason) => {
+                self.lifecycle
+                    .stop_requested(StopReason::Requested(reason), Instant::now());
+                None
+            }
+        };
+        let Some(error) = failure else {
+            return;
+        };
+        if depth == 0 {
+            let reply = self.callback(ctx, |handler, ctx| {
+                handler.handle_error(Error::Send(error), ctx)
+            });
+            self.apply_at_depth(reply, ctx, depth + 1);
+        } else {
+            // handle_error's own reply failed too: report it without looping.
+            log::error!("minch client: a reply from handle_error could not be sent: {error}");
+        }
+    }
+
+    /// Where every outgoing frame goes: onto the open connection. A close frame starts the
+    /// close handshake.
+    fn route(&mut self, frame: Frame, wait_for_room: bool) -> Result<Sent, SendError> {
+        let conn = self.lifecycle.sendable()?;
+        let close = match &frame {
+            Frame::Close(close) => Some(close.clone().unwrap_or_else(CloseFrame::normal)),
+            _ => None,
+        };
+        if close.is_none() && !wait_for_room && conn.is_full() {
+            return Err(SendError::BufferFull);
+        }
+        let Some(close) = close else {
+            return conn.send(frame);
+        };
+        let sent = conn.send(Frame::Close(Some(close.clone())))?;
+        conn.wake_driver();
+        self.lifecycle.close_sent(close, Instant::now());
+        Ok(sent)
+    }
+
+    /// The answer to a [`SendFrame`] or [`TrySendFrame`].
+    fn send_message(
+        &mut self,
+        frame: Frame,
+        wait_for_room: bool,
+        ctx: &mut Context<Self>,
+    ) -> Deferred<Result<(), SendError>> {
+        let result = self.route(frame, wait_for_room);
+        let answer = match (result, self.lifecycle.conn()) {
+            (Ok(sent), Some(conn)) => conn.deferred(sent),
+            (Ok(_), None) => Deferred::ready(Err(SendError::ConnectionLost)),
+            (Err(error), _) => Deferred::ready(Err(error)),
+        };
+        self.run(ctx);
+        answer
+    }
+
+    fn wake_driver(&self) {
+        if let Some(conn) = self.lifecycle.conn() {
+            conn.wake_driver();
+        }
+    }
+
+    // ---- the handler's timers -----------------------------------------------------------------
+
+    /// Delivers `info` to `handle_info` after `delay`, unless cancelled.
+    pub(crate) fn schedule_info(
+        actor: &mut Context<Self>,
+        timers: &mut HandlerTimers<H::Info>,
+        delay: Duration,
+        info: H::Info,
+    ) -> TimerId {
+        let now = Instant::now();
+        let at = now.checked_add(delay).unwrap_or(now + LONGEST_DELAY);
+        timers.insert(at, info, |id, at| Self::arm_info(actor, id, at))
+    }
+
+    fn arm_info(actor: &mut Context<Self>, id: TimerId, at: Instant) -> SpawnHandle {
+        let delay = at.saturating_duration_since(Instant::now());
+        actor.run_later(delay, move |client, ctx| {
+            if let Some(info) = client.timers.take(id) {
+                client.on_info(info, ctx);
+            }
+        })
+    }
+
+    fn on_info(&mut self, info: H::Info, ctx: &mut Context<Self>) {
+        let reply = self.callback(ctx, |handler, ctx| handler.handle_info(info, ctx));
+        self.apply(reply, ctx);
+        // Timers and messages run outside the mailbox pass that precedes the driver's poll.
+        self.wake_driver();
+        self.run(ctx);
+    }
+
+    fn stats(&self) -> Stats {
+        let mut traffic = self.past_traffic;
+        let mut stats = Stats {
+            connected: self.lifecycle.is_open(),
+            attempt: self.lifecycle.attempt(),
+            reconnects: self.upgrades.saturating_sub(1),
+            last_ping_rtt: self.lifecycle.last_rtt(),
+            ..Stats::default()
+        };
+        if let Some(conn) = self.lifecycle.conn() {
+            traffic += conn.counters;
+            stats.connected_since = Some(conn.connected_at);
+        }
+        stats.frames_in = traffic.frames_in;
+        stats.bytes_in = traffic.bytes_in;
+        stats.frames_out = traffic.frames_out;
+        stats.bytes_out = traffic.bytes_out;
+        stats
+    }
+}
+
+/// Far enough off to mean "never", near enough to fit in an `Instant`.
+const LONGEST_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A short close reason naming the broken rule; RFC 6455 §5.5 limits it to 123 bytes.
+fn close_reason_for(error: &ProtocolError) -> String {
+    let mut reason = error.to_string();
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+impl<H: MinchHandler> Actor for Client<H> {
+    type Context = Context<Self>;
+
+    /// Runs when the client starts, and again after every restart by the supervisor.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.timers.rearm(|id, at| Self::arm_info(ctx, id, at));
+        self.lifecycle.started(Instant::now());
+        self.run(ctx);
+    }
+}
+
+impl<H: MinchHandler> Supervised for Client<H> {
+    /// The restart cleared every future of the old run (the connection's driver, the
+    /// lifecycle's and the handler's timers): forget their handles.
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.alarm = None;
+        self.opening = None;
+        self.restart_guard = None;
+    }
+}
+
+impl<H: MinchHandler> Handler<SendFrame> for Client<H> {
+    type Result = Deferred<Result<(), SendError>>;
+
+    fn handle(&mut self, SendFrame(frame): SendFrame, ctx: &mut Context<Self>) -> Self::Result {
+        self.send_message(frame, true, ctx)
+    }
+}
+
+impl<H: MinchHandler> Handler<TrySendFrame> for Client<H> {
+    type Result = Deferred<Result<(), SendError>>;
+
+    fn handle(
+        &mut self,
+        TrySendFrame(frame): TrySendFrame,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.send_message(frame, false, ctx)
+    }
+}
+
+impl<H: MinchHandler> Handler<Info<H::Info>> for Client<H> {
+    type Result = ();
+
+    fn handle(&mut self, Info(info): Info<H::Info>, ctx: &mut Context<Self>) {
+        self.on_info(info, ctx);
+    }
+}
+
+impl<H: MinchHandler> Handler<GetStats> for Client<H> {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl<H: MinchHandler> Handler<Close> for Client<H> {
+    type Result = Deferred<()>;
+
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+        if self.lifecycle.is_stopped() {
+            return Deferred::ready(());
+        }
+        self.lifecycle
+            .stop_requested(StopReason::Closed, Instant::now());
+        self.run(ctx);
+        if self.lifecycle.is_stopped() {
+            Deferred::ready(())
+        } else {
+            Deferred::pending(&self.stopped)
+        }
+    }
+}
+
+/// Polls one connection for as long as it is the client's current one.
+struct Driver {
+    generation: u64,
+}
+
+impl<H: MinchHandler> ActorFuture<Client<H>> for Driver {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        client: &mut Client<H>,
+        ctx: &mut Context<Client<H>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        client.drive(self.generation, ctx, cx)
+    }
+}
+
+impl<H: MinchHandler> std::fmt::Debug for Client<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.lifecycle.phase_name())
+            .field("attempt", &self.lifecycle.attempt())
+            .finish_non_exhaustive()
+    }
+}
