@@ -579,3 +579,600 @@ fn deadline_after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The lifecycle driven at speed: a randomized test (every event in every phase, with a
+    //! handler answering at random) checks the invariants of the client module's docs, and a few
+    //! fixed scenarios pin down defects of the first release.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    struct FakeConn {
+        id: u32,
+        frames_in: u64,
+    }
+
+    impl Link for FakeConn {
+        fn frames_in(&self) -> u64 {
+            self.frames_in
+        }
+    }
+
+    const CLOSE_TIMEOUT: Duration = Duration::from_millis(50);
+
+    /// Something that can happen to a client.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Time passes; the lifecycle's timer fires on the way whenever it is due.
+        Advance(u16),
+        /// The attempt under way succeeds (keepalive on or off) or fails.
+        Open {
+            keepalive: bool,
+        },
+        OpenFails,
+        CloseReceived(Option<u16>),
+        Eof,
+        Lost,
+        Violation,
+        /// Any frame arrives.
+        FrameIn,
+        /// The pong to the outstanding keepalive ping arrives.
+        Pong,
+        /// A callback replies `Reply::Close`, or a `SendFrame(Close)` arrives.
+        ClientClose,
+        /// A callback or a `Close` message asks for the final stop.
+        Stop,
+    }
+
+    /// What a callback answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        Continue,
+        Close,
+        Stop,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Scenario {
+        init_fails: bool,
+        steps: Vec<Step>,
+        /// `handle_connect` and `handle_error` answers, in turn.
+        answers: Vec<Answer>,
+        /// `handle_disconnect` answers, in turn: `Some(ms)` reconnects after that delay.
+        decisions: Vec<Option<u16>>,
+        ping_interval_ms: u16,
+        pong_timeout_ms: u16,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u16..120).prop_map(Step::Advance),
+            3 => any::<bool>().prop_map(|keepalive| Step::Open { keepalive }),
+            1 => Just(Step::OpenFails),
+            1 => proptest::option::of(prop_oneof![Just(1000u16), Just(1001), Just(4000)])
+                .prop_map(Step::CloseReceived),
+            1 => Just(Step::Eof),
+            1 => Just(Step::Lost),
+            1 => Just(Step::Violation),
+            2 => Just(Step::FrameIn),
+            2 => Just(Step::Pong),
+            1 => Just(Step::ClientClose),
+            1 => Just(Step::Stop),
+        ]
+    }
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
+        let answer = prop_oneof![
+            4 => Just(Answer::Continue),
+            1 => Just(Answer::Close),
+            1 => Just(Answer::Stop),
+        ];
+        let decision = prop_oneof![4 => (0u16..80).prop_map(Some), 1 => Just(None)];
+        (
+            proptest::bool::weighted(0.05),
+            proptest::collection::vec(step(), 0..60),
+            proptest::collection::vec(answer, 0..8),
+            proptest::collection::vec(decision, 0..8),
+            1u16..40,
+            1u16..40,
+        )
+            .prop_map(
+                |(init_fails, steps, answers, decisions, ping, pong)| Scenario {
+                    init_fails,
+                    steps,
+                    answers,
+                    decisions,
+                    ping_interval_ms: ping,
+                    pong_timeout_ms: pong,
+                },
+            )
+    }
+
+    /// What the actor did, with the time.
+    #[derive(Debug, Clone)]
+    enum Did {
+        Init,
+        Connect,
+        Connected,
+        Ping,
+        SendClose,
+        Dropped(u32),
+        ReportError,
+        Disconnected(DisconnectReason, u32),
+        Decided(Reconnect),
+        Terminate,
+    }
+
+    /// Plays the actor: carries out actions, answers callbacks from the scenario, restarts at
+    /// once when asked (as the supervisor does), and keeps a trace.
+    struct Sim {
+        machine: Lifecycle<FakeConn>,
+        start: Instant,
+        now: Instant,
+        trace: Vec<(Duration, Did)>,
+        answers: std::vec::IntoIter<Answer>,
+        decisions: std::vec::IntoIter<Option<u16>>,
+        next_conn: u32,
+        ping_payload: Option<[u8; 8]>,
+        settings: Settings,
+        init_fails: bool,
+    }
+
+    impl Sim {
+        fn new(scenario: &Scenario) -> Sim {
+            let start = Instant::now();
+            Sim {
+                machine: Lifecycle::new(),
+                start,
+                now: start,
+                trace: Vec::new(),
+                answers: scenario.answers.clone().into_iter(),
+                decisions: scenario.decisions.clone().into_iter(),
+                next_conn: 0,
+                ping_payload: None,
+                settings: Settings {
+                    close_timeout: CLOSE_TIMEOUT,
+                    keepalive: Some((
+                        Duration::from_millis(scenario.ping_interval_ms.into()),
+                        Duration::from_millis(scenario.pong_timeout_ms.into()),
+                    )),
+                },
+                init_fails: scenario.init_fails,
+            }
+        }
+
+        fn record(&mut self, did: Did) {
+            self.trace.push((self.now - self.start, did));
+        }
+
+        fn answer(&mut self) {
+            match self.answers.next().unwrap_or(Answer::Continue) {
+                Answer::Continue => {}
+                Answer::Close => {
+                    if self.machine.sendable().is_ok() {
+                        self.machine
+                            .close_sent(CloseFrame::new(4001, "bye"), self.now);
+                    }
+                }
+                Answer::Stop => self
+                    .machine
+                    .stop_requested(StopReason::Requested("answer".into()), self.now),
+            }
+        }
+
+        fn run(&mut self) {
+            for _ in 0..1000 {
+                let Some(action) = self.machine.next_action() else {
+                    return;
+                };
+                match action {
+                    Action::Init => {
+                        self.record(Did::Init);
+                        let result = if self.init_fails {
+                            Err("no".into())
+                        } else {
+                            Ok(())
+                        };
+                        self.machine.init_done(result);
+                    }
+                    Action::Connect => self.record(Did::Connect),
+                    Action::CancelConnect => {}
+                    Action::Connected => {
+                        self.record(Did::Connected);
+                        self.answer();
+                    }
+                    Action::SendClose(_) | Action::EchoClose(_) => self.record(Did::SendClose),
+                    Action::Ping(payload) => {
+                        self.ping_payload = Some(payload);
+                        self.record(Did::Ping);
+                    }
+                    Action::Fail { conn, .. } | Action::Drop(conn) => {
+                        self.record(Did::Dropped(conn.id))
+                    }
+                    Action::ReportError(_) => {
+                        self.record(Did::ReportError);
+                        self.answer();
+                    }
+                    Action::Disconnected { reason, attempt } => {
+                        self.record(Did::Disconnected(reason, attempt));
+                        let decision = match self.decisions.next().unwrap_or(Some(10)) {
+                            Some(ms) => Reconnect::After(Duration::from_millis(ms.into())),
+                            None => Reconnect::Stop,
+                        };
+                        self.record(Did::Decided(decision));
+                        self.machine.decided(decision);
+                    }
+                    Action::Restart => self.machine.started(self.now),
+                    Action::Terminate(_) => self.record(Did::Terminate),
+                }
+            }
+            panic!("the lifecycle asked for more than 1000 actions in a row");
+        }
+
+        /// Lets `by` pass, firing the timer whenever it is due; a timer that fires must move
+        /// the machine on.
+        fn advance(&mut self, by: Duration) {
+            let until = self.now + by;
+            for _ in 0..10_000 {
+                match self.machine.poll_timeout() {
+                    Some(due) if due <= until => {
+                        self.now = self.now.max(due);
+                        let phase = self.machine.phase_name();
+                        self.machine.timeout(self.now, rand::random());
+                        self.run();
+                        // A deadline still due now is only fine in another phase (a
+                        // reconnect after no delay); the same phase would fire forever.
+                        if let Some(next) = self.machine.poll_timeout() {
+                            let moved = next > self.now || self.machine.phase_name() != phase;
+                            assert!(moved, "a timer fired without moving on ({phase})");
+                        }
+                    }
+                    _ => {
+                        self.now = until;
+                        return;
+                    }
+                }
+            }
+            panic!("the timer fired 10 000 times within {by:?}");
+        }
+
+        fn apply(&mut self, step: &Step) {
+            let now = self.now;
+            match step {
+                Step::Advance(ms) => self.advance(Duration::from_millis((*ms).into())),
+                Step::Open { keepalive } => {
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    let mut settings = self.settings;
+                    if !keepalive {
+                        settings.keepalive = None;
+                    }
+                    // A connection that arrives when no attempt is under way is dropped at
+                    // once (the actor only hands over the current attempt's, but the machine
+                    // must not keep a stray one either).
+                    self.machine
+                        .opened(FakeConn { id, frames_in: 0 }, settings, now);
+                }
+                Step::OpenFails => self.machine.open_failed(Error::Timeout(Timeout::Upgrade)),
+                Step::CloseReceived(code) => self
+                    .machine
+                    .close_received(code.map(|code| CloseFrame::new(code, "")), now),
+                Step::Eof => self.machine.eof(),
+                Step::Lost => self
+                    .machine
+                    .lost(Error::io(io::ErrorKind::ConnectionReset.into())),
+                Step::Violation => self.machine.violation(ProtocolError::UnknownOpcode(3)),
+                Step::FrameIn => {
+                    if let Some(conn) = self.machine.conn_mut() {
+                        conn.frames_in += 1;
+                    }
+                }
+                Step::Pong => {
+                    if let Some(payload) = self.ping_payload {
+                        if let Some(conn) = self.machine.conn_mut() {
+                            conn.frames_in += 1;
+                        }
+                        self.machine.pong(&payload, now);
+                    }
+                }
+                Step::ClientClose => {
+                    if self.machine.sendable().is_ok() {
+                        self.machine.close_sent(CloseFrame::normal(), now);
+                    }
+                }
+                Step::Stop => self
+                    .machine
+                    .stop_requested(StopReason::Requested("step".into()), now),
+            }
+            self.run();
+        }
+
+        /// Plays the scenario, then stops the client and lets time run until it has.
+        fn play(scenario: &Scenario) -> Sim {
+            let mut sim = Sim::new(scenario);
+            sim.machine.started(sim.now);
+            sim.run();
+            for step in &scenario.steps {
+                sim.apply(step);
+            }
+            let stop_asked = sim.trace.len();
+            sim.apply(&Step::Stop);
+            sim.advance(CLOSE_TIMEOUT * 2);
+            assert!(
+                sim.machine.is_stopped(),
+                "not stopped after a stop and the close timeout"
+            );
+            // Nothing moves a stopped client.
+            let trace_then = sim.trace.len();
+            let mut stray = Sim::new(scenario);
+            std::mem::swap(&mut stray.machine, &mut sim.machine);
+            for step in &scenario.steps {
+                stray.apply(step);
+                stray.machine.started(stray.now);
+                stray.machine.init_done(Ok(()));
+                stray.machine.decided(Reconnect::After(Duration::ZERO));
+                stray.run();
+            }
+            // A connection handed over after the stop is dropped at once; nothing else happens.
+            let acted: Vec<_> = stray
+                .trace
+                .iter()
+                .filter(|(_, did)| !matches!(did, Did::Dropped(_)))
+                .collect();
+            assert!(acted.is_empty(), "a stopped client acted: {acted:?}");
+            assert!(stray.machine.conn().is_none());
+            assert!(stop_asked <= trace_then);
+            sim
+        }
+    }
+
+    /// The invariants of the client module's docs that the lifecycle is answerable for.
+    fn check(scenario: &Scenario, sim: &Sim) {
+        let trace = &sim.trace;
+        let count = |pred: fn(&Did) -> bool| trace.iter().filter(|(_, did)| pred(did)).count();
+
+        // 1. init once, first; terminate exactly once, last.
+        assert_eq!(count(|did| matches!(did, Did::Init)), 1, "init runs once");
+        assert!(matches!(trace.first(), Some((_, Did::Init))));
+        assert_eq!(
+            count(|did| matches!(did, Did::Terminate)),
+            1,
+            "terminate runs once"
+        );
+        // After terminate, only connections that arrive too late are dropped.
+        let terminated = trace
+            .iter()
+            .position(|(_, did)| matches!(did, Did::Terminate));
+        let after = &trace[terminated.expect("terminated") + 1..];
+        assert!(
+            after.iter().all(|(_, did)| matches!(did, Did::Dropped(_))),
+            "after terminate: {after:?}"
+        );
+        if scenario.init_fails {
+            let acted = trace
+                .iter()
+                .filter(|(_, did)| !matches!(did, Did::Dropped(_)));
+            assert_eq!(acted.count(), 2, "a failed init goes straight to terminate");
+        }
+
+        // Every connection handed over is dropped exactly once.
+        let mut dropped = vec![0u32; sim.next_conn as usize];
+        for (_, did) in trace {
+            if let Did::Dropped(id) = did {
+                dropped[*id as usize] += 1;
+            }
+        }
+        assert!(
+            dropped.iter().all(|&n| n == 1),
+            "drops per connection: {dropped:?}"
+        );
+
+        // 2. attempts counted since the last upgrade; attempts spaced by the delay.
+        let mut failures = 0;
+        let mut earliest_connect: Option<Duration> = None;
+        for (at, did) in trace {
+            match did {
+                Did::Connected => failures = 0,
+                Did::Disconnected(_, attempt) => {
+                    failures += 1;
+                    assert_eq!(
+                        *attempt, failures,
+                        "attempt counts failures since the upgrade"
+                    );
+                }
+                Did::Decided(Reconnect::After(delay)) => earliest_connect = Some(*at + *delay),
+                Did::Connect => {
+                    if let Some(earliest) = earliest_connect.take() {
+                        assert!(*at >= earliest, "connected at {at:?}, before {earliest:?}");
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // handle_connect/handle_disconnect pair up: one disconnect per connect.
+        let connects = count(|did| matches!(did, Did::Connect));
+        let disconnects = count(|did| matches!(did, Did::Disconnected(..)));
+        assert!(
+            disconnects <= connects,
+            "{disconnects} disconnects for {connects} attempts"
+        );
+
+        // Timeout reasons only where their timers could have run out.
+        for (at, did) in trace {
+            if let Did::Disconnected(DisconnectReason::Error(Error::Timeout(kind)), _) = did {
+                match kind {
+                    Timeout::Pong => assert!(*at >= Duration::from_millis(1)),
+                    Timeout::Close => assert!(*at >= CLOSE_TIMEOUT),
+                    other => assert_eq!(*other, Timeout::Upgrade),
+                }
+            }
+        }
+
+        // Keepalive: pings of one connection at least the interval apart.
+        let interval = Duration::from_millis(scenario.ping_interval_ms.into());
+        let mut last_ping: Option<Duration> = None;
+        for (at, did) in trace {
+            match did {
+                Did::Ping => {
+                    if let Some(last) = last_ping {
+                        assert!(*at >= last + interval, "pings at {last:?} and {at:?}");
+                    }
+                    last_ping = Some(*at);
+                }
+                Did::Connected => last_ping = None,
+                _ => {}
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("MINCH_LIFECYCLE_MODEL_CASES")
+                .ok()
+                .and_then(|cases| cases.parse().ok())
+                .unwrap_or(5_000),
+            ..ProptestConfig::default()
+        })]
+
+        /// Every event in every phase keeps the invariants.
+        #[test]
+        fn random_lifecycles_keep_the_invariants(scenario in scenario()) {
+            let sim = Sim::play(&scenario);
+            check(&scenario, &sim);
+        }
+    }
+
+    fn open_scenario() -> Sim {
+        let scenario = Scenario {
+            init_fails: false,
+            steps: Vec::new(),
+            answers: Vec::new(),
+            decisions: Vec::new(),
+            ping_interval_ms: 20,
+            pong_timeout_ms: 20,
+        };
+        let mut sim = Sim::new(&scenario);
+        sim.machine.started(sim.now);
+        sim.run();
+        sim.apply(&Step::Open { keepalive: true });
+        sim
+    }
+
+    /// First release: `Reply::Stop` from `handle_error` after a protocol violation was followed
+    /// by `handle_disconnect` and a reconnect.
+    #[test]
+    fn a_stop_from_handle_error_after_a_violation_is_final() {
+        let mut sim = open_scenario();
+        sim.answers = vec![Answer::Stop].into_iter();
+        sim.apply(&Step::Violation);
+        let dids: Vec<_> = sim.trace.iter().map(|(_, did)| did.clone()).collect();
+        assert!(
+            matches!(
+                dids.as_slice(),
+                [
+                    Did::Init,
+                    Did::Connect,
+                    Did::Connected,
+                    Did::Dropped(0),
+                    Did::ReportError,
+                    Did::Terminate
+                ]
+            ),
+            "{dids:?}"
+        );
+        assert!(sim.machine.is_stopped());
+    }
+
+    /// First release: the pending ping was kept until its pong timeout ran out, so pings went
+    /// every `ping_interval + pong_timeout`.
+    #[test]
+    fn keepalive_pings_every_interval_when_pongs_come() {
+        let mut sim = open_scenario();
+        for _ in 0..10 {
+            sim.advance(Duration::from_millis(20));
+            sim.apply(&Step::Pong);
+        }
+        let pings: Vec<_> = sim
+            .trace
+            .iter()
+            .filter(|(_, did)| matches!(did, Did::Ping))
+            .map(|(at, _)| at.as_millis())
+            .collect();
+        assert_eq!(pings, [20, 40, 60, 80, 100, 120, 140, 160, 180, 200]);
+        assert!(sim.machine.is_open());
+    }
+
+    #[test]
+    fn a_silent_peer_fails_the_pong_timeout_after_the_ping() {
+        let mut sim = open_scenario();
+        sim.advance(Duration::from_millis(39));
+        assert!(sim.machine.is_open());
+        sim.advance(Duration::from_millis(1));
+        let last = sim.trace.iter().rev().find_map(|(at, did)| match did {
+            Did::Disconnected(reason, _) => Some((*at, reason.clone())),
+            _ => None,
+        });
+        let (at, reason) = last.expect("disconnected");
+        assert_eq!(at, Duration::from_millis(40));
+        assert_eq!(reason.error().and_then(Error::timeout), Some(Timeout::Pong));
+    }
+
+    /// First release: a close the server never answered was reported as a clean close.
+    #[test]
+    fn an_unanswered_client_close_is_a_close_timeout() {
+        let mut sim = open_scenario();
+        sim.apply(&Step::ClientClose);
+        sim.advance(CLOSE_TIMEOUT);
+        let reason = sim.trace.iter().find_map(|(_, did)| match did {
+            Did::Disconnected(reason, _) => Some(reason.clone()),
+            _ => None,
+        });
+        let reason = reason.expect("disconnected");
+        assert_eq!(
+            reason.error().and_then(Error::timeout),
+            Some(Timeout::Close)
+        );
+    }
+
+    #[test]
+    fn an_answered_client_close_is_client_closed() {
+        let mut sim = open_scenario();
+        sim.apply(&Step::ClientClose);
+        sim.apply(&Step::CloseReceived(Some(1000)));
+        let reason = sim.trace.iter().find_map(|(_, did)| match did {
+            Did::Disconnected(reason, _) => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(
+            matches!(reason, Some(DisconnectReason::ClientClosed(_))),
+            "{reason:?}"
+        );
+    }
+
+    #[test]
+    fn a_reconnect_waits_the_delay_after_the_restart() {
+        let mut sim = open_scenario();
+        sim.decisions = vec![Some(30)].into_iter();
+        sim.apply(&Step::Eof);
+        assert_eq!(sim.machine.phase_name(), "waiting to reconnect");
+        sim.advance(Duration::from_millis(29));
+        assert_eq!(sim.machine.phase_name(), "waiting to reconnect");
+        sim.advance(Duration::from_millis(1));
+        assert!(sim.machine.is_connecting());
+    }
+
+    #[test]
+    fn an_enormous_delay_does_not_overflow() {
+        let mut sim = open_scenario();
+        sim.machine.eof();
+        sim.machine.next_action();
+        sim.machine.next_action();
+        sim.machine.decided(Reconnect::After(Duration::MAX));
+        sim.machine.started(sim.now);
+        assert!(sim.machine.poll_timeout().is_some());
+    }
+}
