@@ -18,15 +18,24 @@ use crate::{
 /// Only [`connect`](Self::connect) and [`handle_frame`](Self::handle_frame) are required; every
 /// other callback has Minch's default. The order of calls for one client is:
 ///
-/// 1. [`init`](Self::init), once;
+/// 1. [`init`](Self::init), once per client (not on reconnects);
 /// 2. [`connect`](Self::connect), before **every** attempt (so credentials can be refreshed);
 /// 3. [`handle_connect`](Self::handle_connect) after the server accepted the upgrade, or
 ///    [`handle_disconnect`](Self::handle_disconnect) if the attempt failed;
-/// 4. [`handle_frame`](Self::handle_frame) for each text, binary or pong frame, and
-///    [`handle_info`](Self::handle_info) for each message sent to the client, connected or not;
-/// 5. [`handle_disconnect`](Self::handle_disconnect) when the connection ends, which decides
-///    whether to reconnect (back to 2) or stop;
-/// 6. [`terminate`](Self::terminate), once, when the client stops.
+/// 4. [`handle_frame`](Self::handle_frame) for each text, binary or pong frame,
+///    [`handle_info`](Self::handle_info) for each message sent to the client, connected or not,
+///    and [`handle_error`](Self::handle_error) when a reply could not be sent or the server
+///    broke the protocol;
+/// 5. [`handle_disconnect`](Self::handle_disconnect), once per connection or failed attempt,
+///    which decides whether to reconnect (back to 2, after the delay: the supervisor restarts
+///    the client, dropping everything of the old connection) or stop;
+/// 6. [`terminate`](Self::terminate), exactly once, at the final stop; the handler is dropped
+///    right after it, and no callback runs any more.
+///
+/// The final stop is [`Reconnect::Stop`], [`Reply::Stop`] from any callback,
+/// [`ClientContext::stop`], or the [`Close`](crate::Close) message. An open connection is
+/// closed first (code 1000, bounded by the close timeout); nothing reconnects after it.
+/// The handler's [`send_info_after`](ClientContext::send_info_after) timers survive reconnects.
 ///
 /// ```no_run
 /// use minch::{Client, ClientContext, ConnectRequest, Frame, MinchHandler, Reply, Response};
@@ -226,7 +235,8 @@ pub trait MinchHandler: Sized + Unpin + 'static {
         Reply::Continue
     }
 
-    /// The client is about to stop. Runs once.
+    /// The client is about to stop for good. Runs exactly once; no callback runs after it, and
+    /// the handler is dropped right after it returns.
     fn terminate(&mut self, reason: &StopReason, ctx: &mut ClientContext<'_, Self>) {
         let _ = (reason, ctx);
     }
@@ -246,8 +256,9 @@ pub enum Reply {
     /// Start the close handshake with this code and reason; then
     /// [`handle_disconnect`](MinchHandler::handle_disconnect) decides what follows.
     Close(CloseFrame),
-    /// Close the connection (code 1000) and stop the client; [`terminate`](MinchHandler::terminate)
-    /// gets [`StopReason::Requested`] with this reason.
+    /// Close the connection (code 1000) and stop the client for good, whichever callback returns
+    /// it; [`terminate`](MinchHandler::terminate) gets [`StopReason::Requested`] with this
+    /// reason.
     Stop(String),
 }
 
