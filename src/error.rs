@@ -13,7 +13,8 @@ use crate::{http::StatusCode, protocol::ProtocolError};
 pub enum Error {
     /// The URL could not be used: it does not parse, is not `ws://` or `wss://`, or has no host.
     InvalidUrl {
-        /// The URL, with any user name and password removed.
+        /// The URL, with user name, password and query values removed (and any fragment):
+        /// they often carry credentials.
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -26,8 +27,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The [`ConnectOptions`](crate::ConnectOptions) cannot be used (e.g. a root certificate that
-    /// does not parse).
+    /// The [`ConnectOptions`](crate::ConnectOptions) cannot be used: a setting outside its
+    /// range (a zero timeout or buffer, see each option's docs), or a root certificate that does
+    /// not parse. The message names the option.
     InvalidOptions(String),
     /// The host name could not be resolved or the TCP connection could not be made.
     Connect(String),

@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use crate::protocol::Limits;
+use crate::{protocol::Limits, Error};
 
 /// What [`MinchHandler::connect`](crate::MinchHandler::connect) returns before every attempt:
 /// a URL, optionally with request headers and options — Minch's `url`, `{url, headers}` and
@@ -61,24 +61,106 @@ impl fmt::Debug for ConnectRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
         f.debug_struct("ConnectRequest")
-            .field("url", &redact_userinfo(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("headers", &header_names)
             .field("options", &self.options)
             .finish()
     }
 }
 
-/// The URL without `user:password@`, for messages and logs.
-pub(crate) fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+/// The URL as it may be shown in messages and logs: without `user:password@`, with every query
+/// value replaced by `REDACTED` (names kept: `?token=REDACTED&v=REDACTED`) and any fragment
+/// replaced by `#REDACTED`. Credentials travel in all three places (`wss://host/feed?token=…` is
+/// common), and a log line is no place for them.
+///
+/// Works on any string, URL or not: what is not a URL is redacted by the same positional rules
+/// (everything after the first `#`, every value after the first `?`, everything before the last
+/// `@` of the authority), so a malformed URL in an error message leaks no more than a valid one.
+pub(crate) fn redact_url(url: &str) -> String {
+    // Split as a URL parser does: the first `#` starts the fragment, and the first `?` before
+    // it starts the query. A `?` or `://` in an odd place (malformed input) can then only make
+    // more of the string count as query or fragment, that is, redacted.
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (url, None),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}://{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
+    let (before_query, query) = match before_fragment.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (before_fragment, None),
+    };
+
+    let mut shown = String::with_capacity(url.len());
+    // The authority starts after `scheme://` (or a scheme-relative `//`); with neither, the
+    // string is not a URL and its start is treated as the authority, so `user:pw@host` is
+    // redacted as well.
+    let authority_start = match before_query.find("://") {
+        Some(at) if is_scheme(&before_query[..at]) => at + 3,
+        // Not a scheme (`u:pw@host://…`): whatever precedes `://` may itself hold a secret.
+        Some(_) => 0,
+        None if before_query.starts_with("//") => 2,
+        None => 0,
+    };
+    shown.push_str(&before_query[..authority_start]);
+    let rest = &before_query[authority_start..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    // The last `@` ends the userinfo: an unescaped `@` inside a password is a common mistake.
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
+    shown.push_str(&rest[host_start..]);
+
+    if let Some(query) = query {
+        shown.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                shown.push('&');
+            }
+            let (name, value) = match pair.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (pair, None),
+            };
+            // A name that is not plainly a name (`?b://user:pw@host`, from a `?` in the wrong
+            // place) may carry anything, so only name-like names are shown.
+            if is_plain_query_name(name) {
+                shown.push_str(name);
+            } else {
+                shown.push_str(REDACTED);
+            }
+            match value {
+                // An empty value hides nothing, and showing it tells the reader it was empty.
+                Some("") => shown.push('='),
+                Some(_) => {
+                    shown.push('=');
+                    shown.push_str(REDACTED);
+                }
+                None => {}
+            }
+        }
     }
+    match fragment {
+        Some("") => shown.push('#'),
+        Some(_) => {
+            shown.push('#');
+            shown.push_str(REDACTED);
+        }
+        None => {}
+    }
+    shown
+}
+
+/// What [`redact_url`] shows in place of a secret.
+const REDACTED: &str = "REDACTED";
+
+/// Whether `scheme` is one (RFC 3986 §3.1: a letter, then letters, digits, `+`, `-` or `.`).
+fn is_scheme(scheme: &str) -> bool {
+    let mut bytes = scheme.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+/// Whether a query parameter name looks like one (RFC 3986 unreserved characters, `%`-escapes
+/// and the `[]` of array parameters), and so can be shown.
+fn is_plain_query_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%[]".contains(&b))
 }
 
 impl From<&str> for ConnectRequest {
@@ -132,6 +214,18 @@ where
 ///
 /// Every setting has a default, written next to it; the builder methods change one each.
 ///
+/// # Errors
+///
+/// The options are checked before every connection attempt, before any I/O: a value outside the
+/// range written next to its default fails the attempt with
+/// [`Error::InvalidOptions`](crate::Error::InvalidOptions), whose message names the setting.
+/// That is a configuration error ([`Error::is_config`](crate::Error::is_config)), so the default
+/// [`handle_disconnect`](crate::MinchHandler::handle_disconnect) stops the client rather than
+/// retrying an attempt that cannot succeed. In short: every duration is more than zero and at
+/// most [`MAX_DURATION`](Self::MAX_DURATION) (24 h), sizes are at least 1 byte (frames at
+/// least 125), subprotocols are distinct HTTP tokens, and a
+/// [`pong_timeout`](Self::pong_timeout()) needs a [`ping_interval`](Self::ping_interval).
+///
 /// ```
 /// use minch::{ConnectOptions, TlsOptions};
 /// use std::time::Duration;
@@ -147,39 +241,54 @@ where
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Time to resolve the host and open the TCP connection. Default: 10 s.
+    /// Allowed: more than zero, at most [`MAX_DURATION`](Self::MAX_DURATION).
     pub connect_timeout: Duration,
     /// Time for the TLS handshake of a `wss://` connection. Default: 10 s.
+    /// Allowed: more than zero, at most [`MAX_DURATION`](Self::MAX_DURATION).
     pub tls_timeout: Duration,
     /// Time for the server to answer the upgrade request, once connected. Default: 10 s.
+    /// Allowed: more than zero, at most [`MAX_DURATION`](Self::MAX_DURATION).
     pub upgrade_timeout: Duration,
     /// Time for the server to complete a close handshake before the connection is dropped.
-    /// Default: 5 s, as in Minch.
+    /// Default: 5 s, as in Minch. Allowed: more than zero, at most
+    /// [`MAX_DURATION`](Self::MAX_DURATION).
     pub close_timeout: Duration,
     /// Subprotocols to offer in `Sec-WebSocket-Protocol`, most preferred first. Default: none.
+    /// Allowed: each a non-empty HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``), no two
+    /// the same (RFC 6455 §4.1).
     pub subprotocols: Vec<String>,
     /// The `Origin` header to send. Default: none.
     pub origin: Option<String>,
     /// The largest frame accepted from the server, in bytes; larger frames fail the connection
-    /// with close code 1009 before their payload is read. Default: 16 MiB.
+    /// with close code 1009 before their payload is read. Default: 16 MiB. Allowed: at least
+    /// 125, the largest control frame, which must always be accepted (RFC 6455 §5.5).
     pub max_frame_size: usize,
     /// The largest message (all fragments together) accepted from the server, in bytes.
-    /// Default: 64 MiB.
+    /// Default: 64 MiB. Allowed: at least 1.
     pub max_message_size: usize,
     /// How often to ping the server to check that it is alive; `None` turns keepalive off.
     /// Default: every 20 s — often enough to keep NAT and load-balancer idle timers (commonly
-    /// 60 s) from dropping a quiet connection.
+    /// 60 s) from dropping a quiet connection. Allowed: `None`, or more than zero and at most
+    /// [`MAX_DURATION`](Self::MAX_DURATION).
     pub ping_interval: Option<Duration>,
     /// How long to wait, after a keepalive ping, for a pong or any other frame before the
     /// connection is declared dead ([`Timeout::Pong`](crate::Timeout::Pong)). Default: 20 s, so a
-    /// dead peer is noticed within 40 s.
+    /// dead peer is noticed within 40 s. Allowed: more than zero, at most
+    /// [`MAX_DURATION`](Self::MAX_DURATION); setting it with the
+    /// [`pong_timeout`](Self::pong_timeout()) builder while `ping_interval` is `None` is an
+    /// error, since no ping would ever start it.
     pub pong_timeout: Duration,
     /// The most bytes of outgoing frames waiting to be written. Beyond it frames are held back:
     /// [`SendFrame`](crate::SendFrame) resolves only once they are written (so awaiting senders
     /// slow down), and [`TrySendFrame`](crate::TrySendFrame) fails with
-    /// [`SendError::BufferFull`](crate::SendError::BufferFull). Default: 16 MiB.
+    /// [`SendError::BufferFull`](crate::SendError::BufferFull). Default: 16 MiB. Allowed: at
+    /// least 1.
     pub max_buffered_bytes: usize,
     /// Certificate verification and extra roots for `wss://`.
     pub tls: TlsOptions,
+    /// Whether `pong_timeout` was set through its builder: only then is it a mistake to leave
+    /// keepalive off (the default `pong_timeout` is harmless without pings).
+    pong_timeout_explicit: bool,
 }
 
 impl Default for ConnectOptions {
@@ -198,11 +307,16 @@ impl Default for ConnectOptions {
             pong_timeout: Duration::from_secs(20),
             max_buffered_bytes: 16 << 20,
             tls: TlsOptions::default(),
+            pong_timeout_explicit: false,
         }
     }
 }
 
 impl ConnectOptions {
+    /// The longest allowed duration setting: 24 hours. Longer ones are surely mistakes, and
+    /// durations near `Duration::MAX` would overflow when added to the current time.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
     /// Sets [`connect_timeout`](Self::connect_timeout).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -257,9 +371,12 @@ impl ConnectOptions {
         self
     }
 
-    /// Sets [`pong_timeout`](Self::pong_timeout).
+    /// Sets [`pong_timeout`](Self::pong_timeout). Keepalive must be on
+    /// ([`ping_interval`](Self::ping_interval) not `None`), or connecting fails with
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions).
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
         self.pong_timeout = timeout;
+        self.pong_timeout_explicit = true;
         self
     }
 
@@ -275,12 +392,107 @@ impl ConnectOptions {
         self
     }
 
+    /// Checks every setting against the range in its documentation, so that a bad value is a
+    /// configuration error up front rather than a hang or a panic later (a zero
+    /// `max_buffered_bytes` never lets the flush loop finish, a zero `ping_interval` fires its
+    /// timer in a hot loop, a huge timeout overflows `Instant + Duration`).
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        check_duration(
+            "connect_timeout",
+            self.connect_timeout,
+            "the default is 10 s",
+        )?;
+        check_duration("tls_timeout", self.tls_timeout, "the default is 10 s")?;
+        check_duration(
+            "upgrade_timeout",
+            self.upgrade_timeout,
+            "the default is 10 s",
+        )?;
+        check_duration("close_timeout", self.close_timeout, "the default is 5 s")?;
+        check_duration("pong_timeout", self.pong_timeout, "the default is 20 s")?;
+        match self.ping_interval {
+            Some(interval) => check_duration(
+                "ping_interval",
+                interval,
+                "use None to turn keepalive off; the default is 20 s",
+            )?,
+            None if self.pong_timeout_explicit => return Err(Error::InvalidOptions(
+                "pong_timeout has no effect without ping_interval; set ping_interval(Some(..)) \
+                     to turn keepalive on, or do not set pong_timeout"
+                    .into(),
+            )),
+            None => {}
+        }
+        if self.max_frame_size < MAX_CONTROL_PAYLOAD {
+            return Err(Error::InvalidOptions(format!(
+                "max_frame_size must be at least {MAX_CONTROL_PAYLOAD} bytes (got {}), so that \
+                 control frames (up to {MAX_CONTROL_PAYLOAD} bytes, RFC 6455 §5.5) are always \
+                 accepted; the default is 16 MiB",
+                self.max_frame_size
+            )));
+        }
+        if self.max_message_size == 0 {
+            return Err(Error::InvalidOptions(
+                "max_message_size must be at least 1 byte (got 0); the default is 64 MiB".into(),
+            ));
+        }
+        if self.max_buffered_bytes == 0 {
+            return Err(Error::InvalidOptions(
+                "max_buffered_bytes must be at least 1 (got 0); the default is 16 MiB".into(),
+            ));
+        }
+        self.validate_subprotocols()
+    }
+
+    /// Subprotocols must be distinct non-empty tokens (RFC 6455 §4.1). The messages name them
+    /// by position only: some services carry a credential in a subprotocol.
+    fn validate_subprotocols(&self) -> Result<(), Error> {
+        for (i, protocol) in self.subprotocols.iter().enumerate() {
+            if protocol.is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "subprotocols[{i}] is empty; a subprotocol must be a non-empty HTTP token"
+                )));
+            }
+            if let Some(at) = protocol.find(|c: char| !is_tchar(c)) {
+                return Err(Error::InvalidOptions(format!(
+                    "subprotocols[{i}] has a character at byte {at} that is not allowed in an \
+                     HTTP token; use only letters, digits and !#$%&'*+-.^_`|~"
+                )));
+            }
+            if let Some(first) = self.subprotocols[..i].iter().position(|p| p == protocol) {
+                return Err(Error::InvalidOptions(format!(
+                    "subprotocols[{i}] is the same as subprotocols[{first}]; offer each \
+                     subprotocol once"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_frame_size: self.max_frame_size,
             max_message_size: self.max_message_size,
         }
     }
+}
+
+/// The largest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// `duration` is in the range every duration setting shares: (0, [`ConnectOptions::MAX_DURATION`]].
+fn check_duration(name: &str, duration: Duration, hint: &str) -> Result<(), Error> {
+    if duration.is_zero() || duration > ConnectOptions::MAX_DURATION {
+        return Err(Error::InvalidOptions(format!(
+            "{name} must be more than zero and at most 24 h (got {duration:?}); {hint}"
+        )));
+    }
+    Ok(())
+}
+
+/// RFC 7230 §3.2.6 `tchar`: the characters of an HTTP token.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
 /// TLS settings for `wss://` URLs.
@@ -340,7 +552,7 @@ mod tests {
     #[test]
     fn debug_output_hides_header_values_and_credentials() {
         let request: ConnectRequest = (
-            "wss://user:pass@example.com/feed?x=1",
+            "wss://user:pass@example.com/feed?x=1&token=t0ken#frag",
             vec![("authorization", "Bearer s3cret")],
         )
             .into();
@@ -348,6 +560,302 @@ mod tests {
         assert!(shown.contains("authorization"));
         assert!(!shown.contains("s3cret"));
         assert!(!shown.contains("pass"));
-        assert!(shown.contains("wss://example.com/feed?x=1"));
+        assert!(!shown.contains("t0ken"));
+        assert!(!shown.contains("frag"));
+        assert!(
+            shown.contains("wss://example.com/feed?x=REDACTED&token=REDACTED#REDACTED"),
+            "{shown}"
+        );
+    }
+
+    // ---- redact_url ----------------------------------------------------------------------
+
+    #[test]
+    fn redact_url_removes_userinfo_query_values_and_the_fragment() {
+        for (url, shown) in [
+            ("ws://example.com/feed", "ws://example.com/feed"),
+            (
+                "wss://user:pw@example.com:8443/a",
+                "wss://example.com:8443/a",
+            ),
+            ("ws://@host/", "ws://host/"),
+            ("ws://u:p@ss@host/x", "ws://host/x"),
+            ("ws://host/users/@me", "ws://host/users/@me"),
+            (
+                "wss://host/feed?token=abc&v=2",
+                "wss://host/feed?token=REDACTED&v=REDACTED",
+            ),
+            ("ws://host/?flag", "ws://host/?flag"),
+            ("ws://host/?flag&k=v", "ws://host/?flag&k=REDACTED"),
+            ("ws://host/?k=", "ws://host/?k="),
+            ("ws://host/?k=a=b", "ws://host/?k=REDACTED"),
+            ("ws://host/?ids[]=1", "ws://host/?ids[]=REDACTED"),
+            ("ws://host/?", "ws://host/?"),
+            ("ws://host/#", "ws://host/#"),
+            ("ws://host/p#section", "ws://host/p#REDACTED"),
+            ("ws://host/p?k=v#f?x=y", "ws://host/p?k=REDACTED#REDACTED"),
+            ("ws://u:pw@host?k=v", "ws://host?k=REDACTED"),
+            // Malformed: a `?` before `://` makes the rest query, where it is redacted.
+            ("ws?x=1://user:pw@host/p", "ws?x=REDACTED"),
+            ("ws?x://user:pw@host/p", "ws?REDACTED"),
+            // Not a scheme before `://`: the userinfo is still found.
+            ("u:pw@host://x", "host://x"),
+            ("user:pw@host/path", "host/path"),
+            ("//user:pw@host/path", "//host/path"),
+            ("not a url", "not a url"),
+            ("", ""),
+            ("@", ""),
+            ("://", "://"),
+            (
+                "ws://ü:pw@hôst/ä?ö=ü#ß",
+                "ws://hôst/ä?REDACTED=REDACTED#REDACTED",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "redact_url({url:?})");
+        }
+    }
+
+    mod redact_url_properties {
+        use super::super::redact_url;
+        use proptest::prelude::*;
+
+        const SECRET: &str = "S3CR3T";
+
+        /// Characters that matter to the redaction (delimiters of every URL part), some that do
+        /// not, and non-ASCII ones, so that generated strings hit the byte-slicing edge cases.
+        const TRICKY: &str = "[a-zA-Z0-9:/?#@&=%.~\\[\\] éü漢😀-]{0,12}";
+
+        /// Like [`TRICKY`], without the delimiters that would end the part it is generated for.
+        fn part(excluded: &str) -> impl Strategy<Value = String> {
+            TRICKY.prop_map({
+                let excluded = excluded.to_owned();
+                move |s: String| s.chars().filter(|c| !excluded.contains(*c)).collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 2000,
+                // A failure is reported with its shrunk input; no regression files in src/.
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn never_panics(url in any::<String>(), tricky in TRICKY) {
+                let _ = redact_url(&url);
+                let _ = redact_url(&tricky);
+            }
+
+            /// A secret in the userinfo, in any query value or in the fragment never shows,
+            /// whatever surrounds it. The secret is never part of a scheme, host, path or
+            /// parameter name: those are shown on purpose.
+            #[test]
+            fn secrets_never_show(
+                scheme in "[a-z][a-z0-9+.-]{0,5}",
+                with_scheme in any::<bool>(),
+                user in part("/?#"),
+                host in part("/?#"),
+                path in part("?#"),
+                names in proptest::collection::vec(part("=&#"), 0..4),
+                values in proptest::collection::vec(part("&#"), 0..4),
+                fragment in part(""),
+                with_fragment in any::<bool>(),
+            ) {
+                let mut url = String::new();
+                if with_scheme {
+                    url.push_str(&scheme);
+                    url.push_str("://");
+                }
+                url.push_str(&format!("{user}:{SECRET}@{host}/{path}"));
+                for (i, (name, value)) in names.iter().zip(&values).enumerate() {
+                    url.push(if i == 0 { '?' } else { '&' });
+                    url.push_str(&format!("{name}={value}{SECRET}{value}"));
+                }
+                if with_fragment {
+                    url.push_str(&format!("#{fragment}{SECRET}"));
+                }
+                let shown = redact_url(&url);
+                prop_assert!(!shown.contains(SECRET), "{url:?} was shown as {shown:?}");
+            }
+        }
+    }
+
+    // ---- validate ------------------------------------------------------------------------
+
+    const MAX: Duration = ConnectOptions::MAX_DURATION;
+
+    /// The validation error's message, or None if the options are valid.
+    fn problem(options: &ConnectOptions) -> Option<String> {
+        match options.validate() {
+            Ok(()) => None,
+            Err(Error::InvalidOptions(message)) => Some(message),
+            Err(other) => panic!("expected InvalidOptions, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_valid(options: ConnectOptions) {
+        assert_eq!(problem(&options), None, "{options:?}");
+    }
+
+    #[track_caller]
+    fn assert_invalid(options: ConnectOptions, mentions: &str) {
+        let message = problem(&options).unwrap_or_else(|| panic!("accepted {options:?}"));
+        assert!(message.contains(mentions), "{message:?} names {mentions:?}");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_valid(ConnectOptions::default());
+        assert_eq!(MAX, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn every_timeout_is_more_than_zero_and_at_most_a_day() {
+        type Set = fn(ConnectOptions, Duration) -> ConnectOptions;
+        let timeouts: [(&str, Set); 5] = [
+            ("connect_timeout", ConnectOptions::connect_timeout),
+            ("tls_timeout", ConnectOptions::tls_timeout),
+            ("upgrade_timeout", ConnectOptions::upgrade_timeout),
+            ("close_timeout", ConnectOptions::close_timeout),
+            ("pong_timeout", ConnectOptions::pong_timeout),
+        ];
+        for (name, set) in timeouts {
+            let with = |d: Duration| set(ConnectOptions::default(), d);
+            assert_invalid(with(Duration::ZERO), name);
+            assert_invalid(
+                with(Duration::ZERO),
+                "more than zero and at most 24 h (got 0ns)",
+            );
+            assert_valid(with(Duration::from_nanos(1)));
+            assert_valid(with(Duration::from_millis(1)));
+            assert_valid(with(MAX));
+            assert_invalid(with(MAX + Duration::from_nanos(1)), name);
+            assert_invalid(with(Duration::MAX), name);
+        }
+    }
+
+    #[test]
+    fn timeouts_set_through_the_fields_are_checked_too() {
+        // As a caller outside the crate would: a builder, then a field (the struct is
+        // non-exhaustive, so no struct literal).
+        let mut options = ConnectOptions::default().origin("https://example.com");
+        options.close_timeout = Duration::ZERO;
+        assert_invalid(options, "close_timeout");
+    }
+
+    #[test]
+    fn ping_interval_is_none_or_more_than_zero_and_at_most_a_day() {
+        let with = |d: Option<Duration>| ConnectOptions::default().ping_interval(d);
+        assert_valid(with(None));
+        assert_invalid(with(Some(Duration::ZERO)), "ping_interval");
+        assert_invalid(with(Some(Duration::ZERO)), "use None to turn keepalive off");
+        assert_valid(with(Some(Duration::from_nanos(1))));
+        assert_valid(with(Some(Duration::from_millis(1))));
+        assert_valid(with(Some(MAX)));
+        assert_invalid(with(Some(MAX + Duration::from_nanos(1))), "ping_interval");
+        assert_invalid(with(Some(Duration::MAX)), "ping_interval");
+    }
+
+    #[test]
+    fn an_explicit_pong_timeout_needs_a_ping_interval() {
+        let pong = Duration::from_secs(3);
+        let expected = "pong_timeout has no effect without ping_interval";
+        // In either order of the builder calls.
+        assert_invalid(
+            ConnectOptions::default()
+                .ping_interval(None)
+                .pong_timeout(pong),
+            expected,
+        );
+        assert_invalid(
+            ConnectOptions::default()
+                .pong_timeout(pong)
+                .ping_interval(None),
+            expected,
+        );
+        // The default pong_timeout is no mistake, nor is an explicit one with pings on.
+        assert_valid(ConnectOptions::default().ping_interval(None));
+        assert_valid(ConnectOptions::default().pong_timeout(pong));
+        assert_valid(
+            ConnectOptions::default()
+                .pong_timeout(pong)
+                .ping_interval(Some(Duration::from_secs(1))),
+        );
+        // Explicitness survives a clone.
+        let options = ConnectOptions::default()
+            .ping_interval(None)
+            .pong_timeout(pong);
+        assert_invalid(options.clone(), expected);
+    }
+
+    #[test]
+    fn max_frame_size_is_at_least_a_control_frame() {
+        let with = |n: usize| ConnectOptions::default().max_frame_size(n);
+        assert_invalid(with(0), "max_frame_size must be at least 125 bytes (got 0)");
+        assert_invalid(
+            with(124),
+            "max_frame_size must be at least 125 bytes (got 124)",
+        );
+        assert_valid(with(125));
+        assert_valid(with(usize::MAX));
+    }
+
+    #[test]
+    fn max_message_size_is_at_least_one_byte() {
+        let with = |n: usize| ConnectOptions::default().max_message_size(n);
+        assert_invalid(with(0), "max_message_size must be at least 1 byte (got 0)");
+        assert_valid(with(1));
+        assert_valid(with(usize::MAX));
+    }
+
+    #[test]
+    fn max_buffered_bytes_is_at_least_one() {
+        let with = |n: usize| ConnectOptions::default().max_buffered_bytes(n);
+        assert_invalid(with(0), "max_buffered_bytes must be at least 1 (got 0)");
+        assert_valid(with(1));
+        assert_valid(with(usize::MAX));
+    }
+
+    #[test]
+    fn subprotocols_are_distinct_tokens() {
+        let with = |protocols: &[&str]| {
+            protocols
+                .iter()
+                .fold(ConnectOptions::default(), |o, p| o.subprotocol(*p))
+        };
+        assert_valid(with(&[]));
+        assert_valid(with(&["chat"]));
+        assert_valid(with(&["v1.chat", "v2.chat"]));
+        assert_valid(with(&["!#$%&'*+-.^_`|~09AZaz"]));
+        // Tokens are compared exactly (RFC 6455 §4.1 asks for unique strings).
+        assert_valid(with(&["chat", "Chat"]));
+        assert_invalid(with(&[""]), "subprotocols[0] is empty");
+        assert_invalid(with(&["chat", ""]), "subprotocols[1] is empty");
+        for bad in [
+            "a b", "a,b", "a/b", "\"a\"", "a;b", "é", "a\r\nb", "(a)", "a\u{7f}",
+        ] {
+            let message = problem(&with(&[bad])).unwrap_or_else(|| panic!("accepted {bad:?}"));
+            assert!(message.contains("subprotocols[0]"), "{message}");
+            assert!(message.contains("HTTP token"), "{message}");
+        }
+        assert_invalid(
+            with(&["chat", "v2", "chat"]),
+            "subprotocols[2] is the same as subprotocols[0]",
+        );
+    }
+
+    #[test]
+    fn subprotocol_errors_do_not_echo_the_value() {
+        // Some services put a credential in a subprotocol.
+        let secret = "bearer.s3cret token";
+        let message = problem(&ConnectOptions::default().subprotocol(secret)).unwrap();
+        assert!(!message.contains("s3cret"), "{message}");
+        let twice = ConnectOptions::default()
+            .subprotocol("s3cret")
+            .subprotocol("s3cret");
+        let message = problem(&twice).unwrap();
+        assert!(!message.contains("s3cret"), "{message}");
     }
 }

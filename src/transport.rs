@@ -21,7 +21,7 @@ use futures_util::future::{select, Either};
 
 use crate::{
     error::Timeout,
-    options::{redact_userinfo, ConnectRequest},
+    options::{redact_url, ConnectRequest},
     protocol::Codec,
     tls, Error,
 };
@@ -48,7 +48,11 @@ impl Response {
 }
 
 /// Connects, upgrades and hands back the connection, or the reason it could not be opened.
+///
+/// The options are checked first, before any I/O: a bad setting is a configuration error for
+/// both the actor client and the simple API, never a hang or a panic later.
 pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transport), Error> {
+    request.options.validate()?;
     let uri = parse_url(&request.url)?;
     let headers = parse_headers(&request.headers)?;
     let options = &request.options;
@@ -119,9 +123,8 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     let connecting = std::pin::pin!(ws.connect());
     let upgrade_deadline = std::pin::pin!(upgrade_deadline);
     let (response, framed) = match select(connecting, upgrade_deadline).await {
-        Either::Left((result, _)) => {
-            result.map_err(|error| classify(error, secure, tcp_up_at.get().is_some()))?
-        }
+        Either::Left((result, _)) => result
+            .map_err(|error| classify(error, &request.url, secure, tcp_up_at.get().is_some()))?,
         Either::Right(_) => return Err(Error::Timeout(Timeout::Upgrade)),
     };
     let response = Response {
@@ -169,7 +172,7 @@ impl actix_service::Service<actix_tls::connect::ConnectInfo<Uri>> for StampedTcp
 
 fn parse_url(url: &str) -> Result<Uri, Error> {
     let invalid = |reason: &str| Error::InvalidUrl {
-        url: redact_userinfo(url),
+        url: redact_url(url),
         reason: reason.to_owned(),
     };
     let uri = Uri::try_from(url).map_err(|error| invalid(&error.to_string()))?;
@@ -235,8 +238,8 @@ fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Erro
 }
 
 /// Turns awc's error into ours. awc reports the TCP and the TLS timeout alike; whether TCP
-/// was up by then tells them apart.
-fn classify(error: WsClientError, secure: bool, tcp_was_up: bool) -> Error {
+/// was up by then tells them apart. `url` is the requested URL, shown redacted.
+fn classify(error: WsClientError, url: &str, secure: bool, tcp_was_up: bool) -> Error {
     match error {
         WsClientError::InvalidResponseStatus(status) => Error::Rejected { status },
         WsClientError::SendRequest(SendRequestError::Timeout) => Error::Timeout(Timeout::Upgrade),
@@ -256,7 +259,7 @@ fn classify(error: WsClientError, secure: bool, tcp_was_up: bool) -> Error {
             Error::Connect(error.to_string())
         }
         WsClientError::SendRequest(SendRequestError::Url(error)) => Error::InvalidUrl {
-            url: String::new(),
+            url: redact_url(url),
             reason: error.to_string(),
         },
         WsClientError::SendRequest(SendRequestError::Send(error)) => Error::io(error),

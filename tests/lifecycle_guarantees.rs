@@ -42,17 +42,19 @@ enum Seen {
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
+type ConnectReply = Box<dyn FnMut(&mut ClientContext<'_, Probe>) -> Reply>;
 
 /// A handler whose answers the test sets, that logs every callback and its own drop, and that
 /// keeps its client's address (a common pattern, and the one that leaked in the first release).
 struct Probe {
     request: ConnectRequest,
     log: Log,
-    on_connect: Box<dyn FnMut(&mut ClientContext<'_, Probe>) -> Reply>,
+    on_connect: ConnectReply,
     on_error: Reply,
     decision: Reconnect,
     keeps_own_addr: bool,
-    own_addr: Option<Addr<Client<Probe>>>,
+    /// Kept only to be dropped with the handler.
+    _own_addr: Option<Addr<Client<Probe>>>,
 }
 
 impl Probe {
@@ -65,7 +67,7 @@ impl Probe {
             on_error: Reply::Continue,
             decision: Reconnect::After(Duration::from_millis(20)),
             keeps_own_addr: true,
-            own_addr: None,
+            _own_addr: None,
         };
         (probe, log)
     }
@@ -83,7 +85,7 @@ impl MinchHandler for Probe {
         ctx: &mut ClientContext<'_, Self>,
     ) -> Result<(), Box<dyn std::error::Error>> {
         if self.keeps_own_addr {
-            self.own_addr = Some(ctx.address());
+            self._own_addr = Some(ctx.address());
         }
         self.record(Seen::Init);
         Ok(())

@@ -246,10 +246,9 @@ impl<H: MinchHandler> Client<H> {
                 }
             }
             Action::Connected => {
-                let response = self
-                    .response
-                    .take()
-                    .expect("an upgrade comes with its response");
+                let Some(response) = self.response.take() else {
+                    return;
+                };
                 let reply =
                     self.callback(ctx, |handler, ctx| handler.handle_connect(&response, ctx));
                 self.apply(reply, ctx);
