@@ -237,7 +237,7 @@ where
 ///     .tls(TlsOptions::default());
 /// assert_eq!(options.subprotocols, ["v1.chat"]);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Time to resolve the host and open the TCP connection. Default: 10 s.
@@ -495,6 +495,28 @@ fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
+/// Subprotocols are shown by number only: some services carry a credential in one (a bearer
+/// token in Kubernetes' `base64url.bearer.authorization.k8s.io.*`), and the client logs its
+/// options at debug level.
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls_timeout", &self.tls_timeout)
+            .field("upgrade_timeout", &self.upgrade_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("subprotocols", &self.subprotocols.len())
+            .field("origin", &self.origin)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("max_message_size", &self.max_message_size)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 /// TLS settings for `wss://` URLs.
 ///
 /// By default the server's certificate is verified against the bundled Mozilla root store
@@ -566,6 +588,14 @@ mod tests {
             shown.contains("wss://example.com/feed?x=REDACTED&token=REDACTED#REDACTED"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn debug_output_hides_subprotocols() {
+        let options = ConnectOptions::default().subprotocol("bearer.s3cret");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("subprotocols: 1"), "{shown}");
     }
 
     // ---- redact_url ----------------------------------------------------------------------
