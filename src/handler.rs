@@ -67,7 +67,7 @@ use crate::{
 /// ```
 pub trait MinchHandler: Sized + Unpin + 'static {
     /// The type of the messages [`handle_info`](Self::handle_info) receives: sent to the client's
-    /// address as [`Info`], or scheduled with [`ClientContext::send_info_after`]. Use `()` if
+    /// address as [`Info`](crate::Info), or scheduled with [`ClientContext::send_info_after`]. Use `()` if
     /// the handler needs none.
     type Info: 'static;
 
@@ -195,7 +195,7 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// ```
     fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply;
 
-    /// A message sent to the client with [`Info`] or [`ClientContext::send_info_after`]. Runs
+    /// A message sent to the client with [`Info`](crate::Info) or [`ClientContext::send_info_after`]. Runs
     /// whether or not the client is connected.
     ///
     /// ```
