@@ -2,8 +2,8 @@
 //! pong, and the senders waiting to learn that their frames were written.
 //!
 //! Two rules of RFC 6455 hold here by construction, whatever the lifecycle asks: nothing is
-//! written after a close frame (§5.5.1), and pongs never pile up (§5.5.3: answering only the
-//! latest ping is enough).
+//! written after a close frame (§5.5.1), and pongs never pile up beyond the buffer limit
+//! (§5.5.3: answering only the latest ping is enough).
 
 use std::{
     cell::RefCell,
@@ -63,10 +63,8 @@ pub(crate) struct Connection {
     pub(crate) counters: Counters,
     /// A close frame is in the write buffer or the backlog: nothing may follow it.
     close_queued: bool,
-    /// The payload of the latest ping not answered yet; written at the next flush.
+    /// The latest ping not answered yet, while the write buffer is over its limit.
     pending_pong: Option<Bytes>,
-    /// A pong is in the write buffer, not flushed yet: the next one waits for it.
-    pong_in_buffer: bool,
     /// The driver's task waker, for writes made where actix does not poll the driver next
     /// (timers, scheduled messages).
     waker: Option<Waker>,
@@ -89,7 +87,6 @@ impl Connection {
             counters: Counters::default(),
             close_queued: false,
             pending_pong: None,
-            pong_in_buffer: false,
             waker: None,
             deliveries: Waiters::default(),
             backlog: VecDeque::new(),
@@ -114,6 +111,9 @@ impl Connection {
         }
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
         let is_close = matches!(frame, Frame::Close(_));
+        if is_close {
+            self.write_owed_pong();
+        }
         let sent = if self.is_full() {
             let slot = Slot::default();
             self.backlog.push_back((frame, slot.clone()));
@@ -134,11 +134,25 @@ impl Connection {
         }
     }
 
-    /// Remembers a ping to answer. RFC 6455 §5.5.3 lets an endpoint answer only the latest of
-    /// several pings: a peer that pings without reading cannot grow the write buffer.
+    /// Answers a ping, ahead of held-back data (RFC 6455 §5.5.3: as soon as practical). Pongs
+    /// count against the buffer limit; over it, only the latest ping waits for its answer
+    /// (§5.5.3 allows answering just the latest), so a peer that pings without reading cannot
+    /// grow the write buffer.
     pub(crate) fn answer_ping(&mut self, payload: Bytes) {
-        if !self.close_queued {
+        if self.close_queued {
+            return;
+        }
+        if self.pending_pong.is_none() && self.buffered < self.max_buffered {
+            let _ = self.encode(Frame::Pong(payload));
+        } else {
             self.pending_pong = Some(payload);
+        }
+    }
+
+    /// Writes the pong still owed, if any.
+    fn write_owed_pong(&mut self) {
+        if let Some(payload) = self.pending_pong.take() {
+            let _ = self.encode(Frame::Pong(payload));
         }
     }
 
@@ -149,9 +163,7 @@ impl Connection {
         if self.close_queued {
             return;
         }
-        if let Some(payload) = self.pending_pong.take() {
-            let _ = self.encode(Frame::Pong(payload));
-        }
+        self.write_owed_pong();
         let _ = self.encode(Frame::Close(Some(close)));
         self.close_queued = true;
         for (_, slot) in self.backlog.drain(..) {
@@ -194,16 +206,14 @@ impl Connection {
     /// sender learns its frame was written once the buffer holding it is flushed.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if !self.pong_in_buffer {
-                if let Some(payload) = self.pending_pong.take() {
-                    self.pong_in_buffer = self.encode(Frame::Pong(payload)).is_ok();
-                }
+            // A pong is owed only while no close frame is queued: closing writes it first.
+            if self.buffered < self.max_buffered {
+                self.write_owed_pong();
             }
             if self.buffered > 0 {
                 match Pin::new(&mut self.transport).flush::<Frame>(cx) {
                     Poll::Ready(Ok(())) => {
                         self.buffered = 0;
-                        self.pong_in_buffer = false;
                         self.deliveries.complete_all(Ok(()));
                         if self.pending_pong.is_some() {
                             continue;

@@ -395,13 +395,7 @@ impl<H: MinchHandler> ClientContext<'_, H> {
     /// Cancels a message scheduled with [`send_info_after`](Self::send_info_after). Returns
     /// whether it was still pending.
     pub fn cancel(&mut self, timer: TimerId) -> bool {
-        match self.timers.cancel(timer) {
-            Some(handle) => {
-                self.actor.cancel_future(handle);
-                true
-            }
-            None => false,
-        }
+        self.timers.cancel(timer)
     }
 
     /// Closes the connection (code 1000) and stops the client once the current callback has

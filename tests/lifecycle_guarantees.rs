@@ -466,8 +466,8 @@ async fn an_unanswered_close_is_a_close_timeout() {
 // ---- pongs ----------------------------------------------------------------------------------
 
 /// First release: every server ping was answered outside `max_buffered_bytes`, so a peer that
-/// pings in a loop and never reads grew the client's write buffer without bound. Now at most
-/// one pong waits: the client writes pongs only as fast as the socket takes them.
+/// pings in a loop and never reads grew the client's write buffer without bound. Now pongs
+/// count against the limit, and past it only the latest ping waits for its answer.
 #[actix_rt::test]
 async fn a_ping_storm_from_a_peer_that_does_not_read_keeps_pongs_bounded() {
     const PINGS: usize = 100_000;
@@ -489,7 +489,10 @@ async fn a_ping_storm_from_a_peer_that_does_not_read_keeps_pongs_bounded() {
         server_done.store(true, Ordering::SeqCst);
         thread::sleep(Duration::from_millis(1000));
     });
-    let options = quick_options().ping_interval(None);
+    // Pongs count against the buffer limit; past it, only the latest ping is answered.
+    let options = quick_options()
+        .ping_interval(None)
+        .max_buffered_bytes(64 * 1024);
     let (probe, log) = Probe::new((url, Vec::<(String, String)>::new(), options));
     let addr = Client::start(probe);
     assert!(wait_until(WAIT, || count(&log, |s| matches!(s, Seen::Connected)) == 1).await);

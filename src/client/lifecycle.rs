@@ -135,8 +135,6 @@ struct Keepalive {
 
 #[derive(Debug)]
 struct Ping {
-    payload: [u8; 8],
-    sent_at: Instant,
     deadline: Instant,
     /// Frames received when the ping went out.
     frames_in_then: u64,
@@ -149,6 +147,9 @@ pub(crate) struct Lifecycle<C> {
     /// Failures since the last successful upgrade.
     attempt: u32,
     settings: Settings,
+    /// The connection's latest keepalive ping: its pong is the client's business, whenever it
+    /// comes (after other frames, or once the connection is closing).
+    last_ping: Option<([u8; 8], Instant)>,
     last_rtt: Option<Duration>,
     actions: VecDeque<Action<C>>,
 }
@@ -162,6 +163,7 @@ impl<C: Link> Lifecycle<C> {
                 close_timeout: Duration::from_secs(5),
                 keepalive: None,
             },
+            last_ping: None,
             last_rtt: None,
             actions: VecDeque::new(),
         }
@@ -306,6 +308,7 @@ impl<C: Link> Lifecycle<C> {
         }
         self.attempt = 0;
         self.settings = settings;
+        self.last_ping = None;
         let keepalive = settings
             .keepalive
             .map(|(interval, pong_timeout)| Keepalive {
@@ -438,17 +441,17 @@ impl<C: Link> Lifecycle<C> {
     /// A pong arrived. Whether it answers the keepalive ping (and is the client's business,
     /// not the handler's).
     pub(crate) fn pong(&mut self, payload: &[u8], now: Instant) -> bool {
-        let Phase::Open {
-            keepalive: Some(keepalive),
-            ..
-        } = &mut self.phase
-        else {
-            return false;
-        };
-        match &keepalive.outstanding {
-            Some(ping) if ping.payload == payload => {
-                self.last_rtt = Some(now.saturating_duration_since(ping.sent_at));
-                keepalive.outstanding = None;
+        match self.last_ping {
+            Some((ping, sent_at)) if ping == payload && self.conn().is_some() => {
+                self.last_rtt = Some(now.saturating_duration_since(sent_at));
+                self.last_ping = None;
+                if let Phase::Open {
+                    keepalive: Some(keepalive),
+                    ..
+                } = &mut self.phase
+                {
+                    keepalive.outstanding = None;
+                }
                 true
             }
             _ => false,
@@ -481,11 +484,10 @@ impl<C: Link> Lifecycle<C> {
                     // tell more: its deadline stands.
                     if keepalive.outstanding.is_none() {
                         keepalive.outstanding = Some(Ping {
-                            payload,
-                            sent_at: now,
                             deadline: deadline_after(now, keepalive.pong_timeout),
                             frames_in_then: frames_in,
                         });
+                        self.last_ping = Some((payload, now));
                         self.actions.push_back(Action::Ping(payload));
                     }
                 }

@@ -20,9 +20,10 @@
 //! 3. Every [`SendFrame`] and [`TrySendFrame`] resolves exactly once; `Ok` only once its frame
 //!    went to the socket, and never for a frame after a close frame: no data frame follows a
 //!    close frame on the wire.
-//! 4. At most one pong waits to be written; nothing of one connection (its timers, frames and
-//!    senders) acts on the next.
-//! 5. The client never spins: every timer it sets lies in the future.
+//! 4. Pongs stay within the buffer limit (past it, only the latest ping waits for its
+//!    answer), and nothing follows a close frame, pongs included. Nothing of one connection
+//!    (its timers, frames and senders) acts on the next.
+//! 5. The client never spins: a timer that fires moves the lifecycle on.
 
 mod lifecycle;
 mod timers;
@@ -74,8 +75,11 @@ pub struct Client<H: MinchHandler> {
     opening: Option<SpawnHandle>,
     /// The server's answer to the attempt that just succeeded, for `handle_connect`.
     response: Option<Response>,
-    /// The lifecycle's timer: when it fires, and its handle.
-    alarm: Option<(Instant, SpawnHandle)>,
+    /// The lifecycle's timer: when it fires, its number, and its handle. A timer that is no
+    /// longer wanted is left to fire and find another number here, not cancelled: actix applies
+    /// a cancellation made before a supervisor restart to whatever new future reuses the handle.
+    alarm: Option<(Instant, u64, SpawnHandle)>,
+    alarms_set: u64,
     /// An address held across a restart: actix's supervisor restarts an actor only while an
     /// address of it lives, and a client whose owner dropped every address must reconnect too.
     restart_guard: Option<Addr<Self>>,
@@ -186,6 +190,7 @@ impl<H: MinchHandler> Client<H> {
             opening: None,
             response: None,
             alarm: None,
+            alarms_set: 0,
             restart_guard: None,
             options: ConnectOptions::default(),
             stopped: Waiters::default(),
@@ -306,7 +311,10 @@ impl<H: MinchHandler> Client<H> {
                 self.callback(ctx, |handler, ctx| handler.terminate(&reason, ctx));
                 self.handler = None;
                 self.stop_request = None;
-                for handle in self.timers.clear() {
+                // Nothing restarts after the final stop: cancelling is safe now, and lets a
+                // client without addresses end at once.
+                let alarm = self.alarm.take().map(|(.., handle)| handle);
+                for handle in self.timers.clear().into_iter().chain(alarm) {
                     ctx.cancel_future(handle);
                 }
                 self.stopped.complete_all(());
@@ -323,21 +331,23 @@ impl<H: MinchHandler> Client<H> {
     /// Sets the lifecycle's one timer to its next deadline.
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let due = self.lifecycle.poll_timeout();
-        if self.alarm.map(|(at, _)| at) == due {
+        if self.alarm.map(|(at, ..)| at) == due {
             return;
         }
-        if let Some((_, handle)) = self.alarm.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = due {
+        self.alarm = due.map(|at| {
+            self.alarms_set += 1;
+            let number = self.alarms_set;
             let delay = at.saturating_duration_since(Instant::now());
-            let handle = ctx.run_later(delay, |client, ctx| {
+            let handle = ctx.run_later(delay, move |client, ctx| {
+                if client.alarm.map(|(_, current, _)| current) != Some(number) {
+                    return;
+                }
                 client.alarm = None;
                 client.lifecycle.timeout(Instant::now(), rand::random());
                 client.run(ctx);
             });
-            self.alarm = Some((at, handle));
-        }
+            (at, number, handle)
+        });
     }
 
     // ---- connecting -------------------------------------------------------------------------

@@ -22,9 +22,15 @@ struct Scheduled<I> {
 }
 
 /// The handler's pending messages, by id (ids grow, so equal deadlines keep their order).
+///
+/// A cancelled timer's actor future is left to run out (it finds nothing to deliver) rather than
+/// cancelled at once: actix remembers cancellations past a supervisor restart and applies them to
+/// whatever new future gets the same handle number, which would silently drop a reconnect.
+/// Their handles are cancelled at the final stop, after which nothing restarts.
 pub(crate) struct HandlerTimers<I> {
     next_id: u64,
     pending: BTreeMap<u64, Scheduled<I>>,
+    cancelled: Vec<SpawnHandle>,
 }
 
 impl<I> Default for HandlerTimers<I> {
@@ -32,6 +38,7 @@ impl<I> Default for HandlerTimers<I> {
         HandlerTimers {
             next_id: 0,
             pending: BTreeMap::new(),
+            cancelled: Vec::new(),
         }
     }
 }
@@ -56,22 +63,28 @@ impl<I> HandlerTimers<I> {
         self.pending.remove(&id.0).map(|scheduled| scheduled.info)
     }
 
-    /// Calls a timer off; its actor timer's handle, if it was pending.
-    pub(crate) fn cancel(&mut self, id: TimerId) -> Option<SpawnHandle> {
-        self.pending.remove(&id.0).map(|scheduled| scheduled.handle)
+    /// Calls a timer off. Whether it was pending.
+    pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
+        let Some(scheduled) = self.pending.remove(&id.0) else {
+            return false;
+        };
+        self.cancelled.push(scheduled.handle);
+        true
     }
 
-    /// Sets every actor timer again, after a restart cleared them.
+    /// Sets every actor timer again, after a restart cleared them all.
     pub(crate) fn rearm(&mut self, mut arm: impl FnMut(TimerId, Instant) -> SpawnHandle) {
+        self.cancelled.clear();
         for (id, scheduled) in &mut self.pending {
             scheduled.handle = arm(TimerId(*id), scheduled.at);
         }
     }
 
-    /// Drops every pending message; the handles of their actor timers.
+    /// Drops every message, pending or cancelled; the handles of their actor timers.
     pub(crate) fn clear(&mut self) -> Vec<SpawnHandle> {
-        let handles = self.pending.values().map(|scheduled| scheduled.handle);
-        let handles = handles.collect();
+        let pending = self.pending.values().map(|scheduled| scheduled.handle);
+        let mut handles: Vec<_> = pending.collect();
+        handles.append(&mut self.cancelled);
         self.pending.clear();
         handles
     }
