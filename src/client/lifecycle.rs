@@ -152,6 +152,9 @@ pub(crate) struct Lifecycle<C> {
     last_ping: Option<([u8; 8], Instant)>,
     last_rtt: Option<Duration>,
     actions: VecDeque<Action<C>>,
+    /// An event may have moved [`poll_timeout`](Self::poll_timeout) earlier. (A pong only moves
+    /// it later; a timer that fires early finds nothing due and is set again.)
+    timer_moved: bool,
 }
 
 impl<C: Link> Lifecycle<C> {
@@ -166,6 +169,7 @@ impl<C: Link> Lifecycle<C> {
             last_ping: None,
             last_rtt: None,
             actions: VecDeque::new(),
+            timer_moved: false,
         }
     }
 
@@ -193,9 +197,15 @@ impl<C: Link> Lifecycle<C> {
         })
     }
 
-    /// Whether [`next_action`](Self::next_action) has something.
+    /// Whether [`next_action`](Self::next_action) has something, or the timer is to be set
+    /// again.
     pub(crate) fn has_work(&self) -> bool {
-        !self.actions.is_empty() || matches!(self.phase, Phase::Ended { .. })
+        self.timer_moved || !self.actions.is_empty() || matches!(self.phase, Phase::Ended { .. })
+    }
+
+    /// Whether an event may have moved the timer since the last call.
+    pub(crate) fn take_timer_moved(&mut self) -> bool {
+        std::mem::take(&mut self.timer_moved)
     }
 
     /// When [`timeout`](Self::timeout) is to be called next.
@@ -277,6 +287,7 @@ impl<C: Link> Lifecycle<C> {
 
     /// The actor started: for the first time (run `init`), or after a restart (wait the delay).
     pub(crate) fn started(&mut self, now: Instant) {
+        self.timer_moved = true;
         match self.phase {
             Phase::New => self.actions.push_back(Action::Init),
             Phase::Restarting { delay } => {
@@ -290,6 +301,7 @@ impl<C: Link> Lifecycle<C> {
 
     /// `init` returned.
     pub(crate) fn init_done(&mut self, result: Result<(), String>) {
+        self.timer_moved = true;
         if !matches!(self.phase, Phase::New) {
             return;
         }
@@ -302,6 +314,7 @@ impl<C: Link> Lifecycle<C> {
     /// The upgrade succeeded. A connection that comes too late (the client stopped meanwhile)
     /// is dropped at once.
     pub(crate) fn opened(&mut self, conn: C, settings: Settings, now: Instant) {
+        self.timer_moved = true;
         if !matches!(self.phase, Phase::Connecting) {
             self.actions.push_back(Action::Drop(conn));
             return;
@@ -323,6 +336,7 @@ impl<C: Link> Lifecycle<C> {
 
     /// The attempt failed.
     pub(crate) fn open_failed(&mut self, error: Error) {
+        self.timer_moved = true;
         if matches!(self.phase, Phase::Connecting) {
             self.phase = Phase::Ended {
                 reason: DisconnectReason::Error(error),
@@ -333,12 +347,14 @@ impl<C: Link> Lifecycle<C> {
     /// The client wrote a close frame (a [`Reply::Close`](crate::Reply::Close) or a
     /// [`SendFrame`](crate::SendFrame) of one): the close handshake begins.
     pub(crate) fn close_sent(&mut self, close: CloseFrame, now: Instant) {
+        self.timer_moved = true;
         self.begin_client_close(close, AfterClose::Disconnect, now);
     }
 
     /// A callback or a message asked for the final stop. With a connection open, the client
     /// closes it first (code 1000) and stops once the handshake is over.
     pub(crate) fn stop_requested(&mut self, reason: StopReason, now: Instant) {
+        self.timer_moved = true;
         match &mut self.phase {
             Phase::Open { .. } => {
                 let close = CloseFrame::normal();
@@ -358,6 +374,7 @@ impl<C: Link> Lifecycle<C> {
 
     /// `handle_disconnect` decided.
     pub(crate) fn decided(&mut self, decision: Reconnect) {
+        self.timer_moved = true;
         let Phase::Deciding { .. } = self.phase else {
             return;
         };
@@ -377,6 +394,7 @@ impl<C: Link> Lifecycle<C> {
 
     /// A close frame arrived.
     pub(crate) fn close_received(&mut self, close: Option<CloseFrame>, now: Instant) {
+        self.timer_moved = true;
         match &self.phase {
             Phase::Open { .. } => {
                 // RFC 6455 §5.5.1: echo the status code, 1000 when the server sent none. Then
@@ -407,6 +425,7 @@ impl<C: Link> Lifecycle<C> {
     /// The server closed TCP. RFC 6455 §7.1.1: after the close handshake the server closes
     /// first; before it, this is an abnormal closure (1006).
     pub(crate) fn eof(&mut self) {
+        self.timer_moved = true;
         self.end_connection(Some(Error::io(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the server closed the TCP connection without a close frame (1006)",
@@ -415,11 +434,13 @@ impl<C: Link> Lifecycle<C> {
 
     /// The connection broke: reset, broken pipe, a failed write.
     pub(crate) fn lost(&mut self, error: Error) {
+        self.timer_moved = true;
         self.end_connection(Some(error));
     }
 
     /// The server broke the protocol: RFC 6455 §7.1.7, fail the connection.
     pub(crate) fn violation(&mut self, error: ProtocolError) {
+        self.timer_moved = true;
         let (conn, then, send_close) = match mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Open { conn, .. } => (conn, AfterClose::Disconnect, true),
             Phase::Closing { conn, then, .. } => (conn, then, false),
@@ -461,6 +482,7 @@ impl<C: Link> Lifecycle<C> {
     /// The clock reached [`poll_timeout`](Self::poll_timeout) (or later). `payload` is used if a
     /// keepalive ping is due.
     pub(crate) fn timeout(&mut self, now: Instant, payload: [u8; 8]) {
+        self.timer_moved = true;
         match &mut self.phase {
             Phase::Waiting { connect_at } if now >= *connect_at => self.connect(),
             Phase::Open {

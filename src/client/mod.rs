@@ -217,7 +217,7 @@ impl<H: MinchHandler> Client<H> {
     }
 
     /// Carries out what the lifecycle asks, until it asks nothing more, then sets its timer.
-    /// Every entry point (a message, the driver, a timer) ends here.
+    /// Every entry point (a message, the driver, a timer) ends here, through [`settle`](Self::settle).
     fn run(&mut self, ctx: &mut Context<Self>) {
         loop {
             self.honour_stop_request();
@@ -226,7 +226,17 @@ impl<H: MinchHandler> Client<H> {
             };
             self.execute(action, ctx);
         }
-        self.rearm(ctx);
+        if self.lifecycle.take_timer_moved() {
+            self.rearm(ctx);
+        }
+    }
+
+    /// [`run`](Self::run), if there is anything to do: the frame loop's common case costs a few
+    /// comparisons.
+    fn settle(&mut self, ctx: &mut Context<Self>) {
+        if self.lifecycle.has_work() || self.stop_request.is_some() {
+            self.run(ctx);
+        }
     }
 
     fn honour_stop_request(&mut self) {
@@ -448,11 +458,8 @@ impl<H: MinchHandler> Client<H> {
                 }
                 Poll::Ready(None) => self.lifecycle.eof(),
             }
-            if self.lifecycle.has_work() || self.stop_request.is_some() {
-                self.run(ctx);
-            }
+            self.settle(ctx);
         }
-        self.run(ctx);
         let Some(conn) = self.connection(generation) else {
             return Poll::Ready(());
         };
@@ -553,7 +560,7 @@ impl<H: MinchHandler> Client<H> {
             (Ok(_), None) => Deferred::ready(Err(SendError::ConnectionLost)),
             (Err(error), _) => Deferred::ready(Err(error)),
         };
-        self.run(ctx);
+        self.settle(ctx);
         answer
     }
 
@@ -591,7 +598,7 @@ impl<H: MinchHandler> Client<H> {
         self.apply(reply, ctx);
         // Timers and messages run outside the mailbox pass that precedes the driver's poll.
         self.wake_driver();
-        self.run(ctx);
+        self.settle(ctx);
     }
 
     fn stats(&self) -> Stats {
