@@ -104,26 +104,38 @@ impl Connection {
     /// until the buffer drains. The driver flushes the buffer at the end of its poll, which
     /// actix runs right after the mailbox: frames sent in one burst go out in one write.
     ///
-    /// A close frame sent this way goes after the frames sent before it; nothing goes after it.
+    /// Close frames go through [`send_close`](Self::send_close).
     pub(crate) fn send(&mut self, frame: Frame) -> Result<Sent, SendError> {
         if self.close_queued {
             return Err(SendError::Closing);
         }
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        let is_close = matches!(frame, Frame::Close(_));
-        if is_close {
-            self.write_owed_pong();
-        }
-        let sent = if self.is_full() {
+        if self.is_full() {
             let slot = Slot::default();
             self.backlog.push_back((frame, slot.clone()));
-            Sent::HeldBack(slot)
-        } else {
-            self.encode(frame)?;
-            Sent::Buffered
-        };
-        self.close_queued |= is_close;
-        Ok(sent)
+            return Ok(Sent::HeldBack(slot));
+        }
+        self.encode(frame)?;
+        Ok(Sent::Buffered)
+    }
+
+    /// Sends a close frame after the frames sent before it (held back or not), and after the
+    /// pong still owed; nothing goes after it.
+    pub(crate) fn send_close(&mut self, close: CloseFrame) -> Result<Sent, SendError> {
+        if self.close_queued {
+            return Err(SendError::Closing);
+        }
+        let frame = Frame::Close(Some(close));
+        validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
+        self.write_owed_pong();
+        self.close_queued = true;
+        if self.is_full() {
+            let slot = Slot::default();
+            self.backlog.push_back((frame, slot.clone()));
+            return Ok(Sent::HeldBack(slot));
+        }
+        self.encode(frame)?;
+        Ok(Sent::Buffered)
     }
 
     /// Puts a keepalive ping in the write buffer ahead of any held-back data (RFC 6455 §5.4

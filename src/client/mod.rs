@@ -271,7 +271,7 @@ impl<H: MinchHandler> Client<H> {
             Action::SendClose(close) => {
                 if let Some(conn) = self.lifecycle.conn_mut() {
                     // Through `send`, so that the close goes after any held-back data.
-                    let _ = conn.send(Frame::Close(Some(close)));
+                    let _ = conn.send_close(close);
                     conn.wake_driver();
                 }
             }
@@ -301,7 +301,9 @@ impl<H: MinchHandler> Client<H> {
             Action::Drop(conn) => self.retire(conn),
             Action::ReportError(error) => {
                 let reply = self.callback(ctx, |handler, ctx| handler.handle_error(error, ctx));
-                self.apply_at_depth(reply, ctx, 1);
+                if let Some(reply) = reply {
+                    self.apply_at_depth(reply, ctx, 1);
+                }
             }
             Action::Disconnected { reason, attempt } => {
                 log::debug!("minch: disconnected: {reason}");
@@ -496,11 +498,14 @@ impl<H: MinchHandler> Client<H> {
     // ---- replies and sends ------------------------------------------------------------------
 
     fn apply(&mut self, reply: Option<Reply>, ctx: &mut Context<Self>) {
+        let Some(reply) = reply else {
+            return;
+        };
         self.apply_at_depth(reply, ctx, 0);
     }
 
-    fn apply_at_depth(&mut self, reply: Option<Reply>, ctx: &mut Context<Self>, depth: u8) {
-        let failure = match reply.unwrap_or(Reply::Continue) {
+    fn apply_at_depth(&mut self, reply: Reply, ctx: &mut Context<Self>, depth: u8) {
+        let failure = match reply {
             Reply::Continue => None,
             Reply::Send(frame) => self.route(frame, true).err(),
             Reply::SendAll(frames) => frames
@@ -520,7 +525,9 @@ impl<H: MinchHandler> Client<H> {
             let reply = self.callback(ctx, |handler, ctx| {
                 handler.handle_error(Error::Send(error), ctx)
             });
-            self.apply_at_depth(reply, ctx, depth + 1);
+            if let Some(reply) = reply {
+                self.apply_at_depth(reply, ctx, depth + 1);
+            }
         } else {
             // handle_error's own reply failed too: report it without looping.
             log::error!("minch client: a reply from handle_error could not be sent: {error}");
@@ -531,17 +538,12 @@ impl<H: MinchHandler> Client<H> {
     /// close handshake.
     fn route(&mut self, frame: Frame, wait_for_room: bool) -> Result<Sent, SendError> {
         let conn = self.lifecycle.sendable()?;
-        let close = match &frame {
-            Frame::Close(close) => Some(close.clone().unwrap_or_else(CloseFrame::normal)),
-            _ => None,
+        let close = match frame {
+            Frame::Close(close) => close.unwrap_or_else(CloseFrame::normal),
+            _ if !wait_for_room && conn.is_full() => return Err(SendError::BufferFull),
+            frame => return conn.send(frame),
         };
-        if close.is_none() && !wait_for_room && conn.is_full() {
-            return Err(SendError::BufferFull);
-        }
-        let Some(close) = close else {
-            return conn.send(frame);
-        };
-        let sent = conn.send(Frame::Close(Some(close.clone())))?;
+        let sent = conn.send_close(close.clone())?;
         conn.wake_driver();
         self.lifecycle.close_sent(close, Instant::now());
         Ok(sent)
