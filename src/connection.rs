@@ -110,13 +110,7 @@ impl Connection {
             return Err(SendError::Closing);
         }
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        if self.is_full() {
-            let slot = Slot::default();
-            self.backlog.push_back((frame, slot.clone()));
-            return Ok(Sent::HeldBack(slot));
-        }
-        self.encode(frame)?;
-        Ok(Sent::Buffered)
+        self.buffer_or_hold_back(frame)
     }
 
     /// Sends a close frame after the frames sent before it (held back or not), and after the
@@ -129,6 +123,10 @@ impl Connection {
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
         self.write_owed_pong();
         self.close_queued = true;
+        self.buffer_or_hold_back(frame)
+    }
+
+    fn buffer_or_hold_back(&mut self, frame: Frame) -> Result<Sent, SendError> {
         if self.is_full() {
             let slot = Slot::default();
             self.backlog.push_back((frame, slot.clone()));

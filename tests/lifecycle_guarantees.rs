@@ -6,7 +6,7 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,7 +23,7 @@ use minch::{
     StopReason, Timeout,
 };
 use support::{
-    close_frame, frame_bytes, opcode, scripted_ws_server, sec_websocket_accept, wait_until,
+    accept_upgrade_blocking, close_frame, frame_bytes, opcode, scripted_ws_server, wait_until,
     RawEvent, ServerEvent, Step, TestServer,
 };
 
@@ -351,28 +351,9 @@ fn deaf_server(
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let handle = thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-            if stream.read(&mut byte).unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
+        if accept_upgrade_blocking(&mut stream).is_none() {
+            return;
         }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let key = head
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| value.trim().to_owned())
-            })
-            .unwrap_or_default();
-        let response = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            sec_websocket_accept(&key)
-        );
-        stream.write_all(response.as_bytes()).unwrap();
         then(&mut stream);
     });
     (url, handle)

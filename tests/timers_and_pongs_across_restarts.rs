@@ -20,8 +20,8 @@ use minch::{
     Reconnect, Reply, Response, TimerId,
 };
 use support::{
-    close_frame, decode_frame, frame_bytes, opcode, scripted_ws_server, scripted_ws_server_seq,
-    sec_websocket_accept, text_frame, wait_until, RawEvent, Step,
+    accept_upgrade_blocking, close_frame, decode_frame, frame_bytes, opcode, scripted_ws_server,
+    scripted_ws_server_seq, text_frame, wait_until, RawEvent, Step,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -270,30 +270,10 @@ fn late_pong_server() -> (String, thread::JoinHandle<()>) {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let mut buf = Vec::new();
+        let Some(mut buf) = accept_upgrade_blocking(&mut stream) else {
+            return;
+        };
         let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let head = String::from_utf8_lossy(&buf).into_owned();
-        let key = head
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| value.trim().to_owned())
-            })
-            .unwrap_or_default();
-        let response = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            sec_websocket_accept(&key)
-        );
-        stream.write_all(response.as_bytes()).unwrap();
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
         let mut ping = None;
         loop {
             while let Ok(Some((frame, used))) = decode_frame(&buf) {

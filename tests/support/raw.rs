@@ -1004,3 +1004,34 @@ async fn run_script(
     let _ = reader.await;
     drop(write);
 }
+
+// ---------------------------------------------------------------------------------------
+// Blocking upgrade, for raw peers on a plain thread
+// ---------------------------------------------------------------------------------------
+
+/// Blocking: reads a WebSocket upgrade request from `stream` and answers a correct 101, for
+/// peers written with `std::net` on a thread of their own (e.g. one that never reads again).
+/// Returns the bytes that came after the request head, or `None` if the client went away.
+pub fn accept_upgrade_blocking(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let key = header_value(&head, "sec-websocket-key");
+    stream
+        .write_all(&Handshake::new().response(key.as_deref()))
+        .ok()?;
+    Some(buf.split_off(end))
+}
