@@ -156,22 +156,28 @@ async fn serve(
             let _ = events.send(Event::Ended(end.clone()));
         }
     });
+    // Each command waits for its own answer on a task of its own: a send held back by a peer
+    // that does not read must not hold up another thread's `try_send_frame`, `stats` or `close`.
+    // (A thread's own calls stay in order: each waits for its answer before the next.)
     while let Some(command) = commands.recv().await {
-        match command {
-            Command::Send(frame, done) => {
-                let _ = done.send(connection.send_frame(frame).await);
+        let connection = connection.clone();
+        actix_rt::spawn(async move {
+            match command {
+                Command::Send(frame, done) => {
+                    let _ = done.send(connection.send_frame(frame).await);
+                }
+                Command::TrySend(frame, done) => {
+                    let _ = done.send(connection.try_send_frame(frame).await);
+                }
+                Command::Stats(done) => {
+                    let _ = done.send(connection.stats().await);
+                }
+                Command::Close(done) => {
+                    connection.close().await;
+                    let _ = done.send(());
+                }
             }
-            Command::TrySend(frame, done) => {
-                let _ = done.send(connection.try_send_frame(frame).await);
-            }
-            Command::Stats(done) => {
-                let _ = done.send(connection.stats().await);
-            }
-            Command::Close(done) => {
-                connection.close().await;
-                let _ = done.send(());
-            }
-        }
+        });
     }
     // Every handle is gone: dropping `connection` closes gracefully.
 }

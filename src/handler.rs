@@ -369,6 +369,7 @@ pub struct ClientContext<'a, H: MinchHandler> {
     pub(crate) attempt: u32,
     pub(crate) timers: &'a mut HandlerTimers<H::Info>,
     pub(crate) stop: &'a mut Option<String>,
+    pub(crate) ended: Option<&'a DisconnectReason>,
 }
 
 impl<H: MinchHandler> ClientContext<'_, H> {
@@ -404,6 +405,14 @@ impl<H: MinchHandler> ClientContext<'_, H> {
     /// reason given is the one [`terminate`](MinchHandler::terminate) hears.
     pub fn stop(&mut self, reason: impl Into<String>) {
         self.stop.get_or_insert_with(|| reason.into());
+    }
+
+    /// In [`terminate`](MinchHandler::terminate): how the connection that the stop closed ended
+    /// — the server's close frame, the client's own, or an error such as
+    /// [`Timeout::Close`](crate::Timeout::Close) when the server never answered. `None` in
+    /// other callbacks, and when no connection was open at the stop.
+    pub fn ended(&self) -> Option<&DisconnectReason> {
+        self.ended
     }
 
     /// Whether the WebSocket is open (upgraded and not closing).

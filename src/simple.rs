@@ -278,10 +278,16 @@ impl MinchHandler for Forwarder {
     }
 
     fn handle_connect(&mut self, response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
-        if let Some(opened) = self.opened.take() {
-            let _ = opened.send(Ok(response.clone()));
+        match self
+            .opened
+            .take()
+            .map(|opened| opened.send(Ok(response.clone())))
+        {
+            // The caller of `connect` went away (its future was dropped, e.g. by a timeout):
+            // nobody can reach this connection, so it must not stay open.
+            Some(Err(_)) => Reply::stop("the caller of connect went away"),
+            _ => Reply::Continue,
         }
-        Reply::Continue
     }
 
     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
@@ -313,12 +319,13 @@ impl MinchHandler for Forwarder {
         Reconnect::Stop
     }
 
-    fn terminate(&mut self, reason: &StopReason, _ctx: &mut ClientContext<'_, Self>) {
-        let reason = match reason {
-            StopReason::Disconnected(reason) => reason.clone(),
-            _ => {
-                DisconnectReason::ClientClosed(crate::CloseFrame::new(crate::CloseCode::NORMAL, ""))
-            }
+    fn terminate(&mut self, reason: &StopReason, ctx: &mut ClientContext<'_, Self>) {
+        let reason = match (reason, ctx.ended()) {
+            (StopReason::Disconnected(reason), _) => reason.clone(),
+            // The close handshake the stop began (or found under way) ended this way: the
+            // server's code, or a timeout when it never answered.
+            (_, Some(ended)) => ended.clone(),
+            _ => DisconnectReason::ClientClosed(crate::CloseFrame::normal()),
         };
         self.end(reason);
     }

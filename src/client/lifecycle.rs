@@ -74,8 +74,12 @@ pub(crate) enum Action<C> {
     /// End this run of the actor: the supervisor restarts it, and [`Lifecycle::started`] then
     /// waits the delay before the next attempt.
     Restart,
-    /// The final stop: run `terminate`, then drop the handler.
-    Terminate(StopReason),
+    /// The final stop: run `terminate`, then drop the handler. `ended` is how the connection
+    /// the stop closed ended, if it closed one.
+    Terminate {
+        reason: StopReason,
+        ended: Option<DisconnectReason>,
+    },
 }
 
 /// Where the client is in its life.
@@ -581,12 +585,16 @@ impl<C: Link> Lifecycle<C> {
     fn after_connection(&mut self, reason: DisconnectReason, then: AfterClose) {
         match then {
             AfterClose::Disconnect => self.phase = Phase::Ended { reason },
-            AfterClose::Stop(stop) => self.terminate(stop),
+            AfterClose::Stop(stop) => self.terminate_after(stop, Some(reason)),
         }
     }
 
     /// The final stop. Whatever the phase held goes first.
     fn terminate(&mut self, reason: StopReason) {
+        self.terminate_after(reason, None);
+    }
+
+    fn terminate_after(&mut self, reason: StopReason, ended: Option<DisconnectReason>) {
         match mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Open { conn, .. } | Phase::Closing { conn, .. } => {
                 self.actions.push_back(Action::Drop(conn))
@@ -594,7 +602,7 @@ impl<C: Link> Lifecycle<C> {
             Phase::Connecting => self.actions.push_back(Action::CancelConnect),
             _ => {}
         }
-        self.actions.push_back(Action::Terminate(reason));
+        self.actions.push_back(Action::Terminate { reason, ended });
     }
 }
 
@@ -830,7 +838,7 @@ mod tests {
                         self.machine.decided(decision);
                     }
                     Action::Restart => self.machine.started(self.now),
-                    Action::Terminate(_) => self.record(Did::Terminate),
+                    Action::Terminate { .. } => self.record(Did::Terminate),
                 }
             }
             panic!("the lifecycle asked for more than 1000 actions in a row");

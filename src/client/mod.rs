@@ -43,7 +43,7 @@ use crate::{
     connection::{Connection, Counters, Deferred, Sent, Waiters},
     error::SendError,
     frame::{CloseFrame, Frame},
-    handler::{ClientContext, MinchHandler, Reconnect, Reply, StopReason},
+    handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
     options::ConnectOptions,
     protocol::CodecError,
     transport::{self, Response},
@@ -69,6 +69,8 @@ pub struct Client<H: MinchHandler> {
     timers: HandlerTimers<H::Info>,
     /// A stop asked for with [`ClientContext::stop`], carried out once the callback's reply is.
     stop_request: Option<String>,
+    /// While `terminate` runs: how the connection the stop closed ended.
+    ended: Option<DisconnectReason>,
     /// Bumped for every attempt: the answer and the driver of an earlier one find it stale.
     generation: u64,
     /// The attempt under way.
@@ -106,7 +108,8 @@ impl Message for SendFrame {
 }
 
 /// Like [`SendFrame`], but fails at once with [`SendError::BufferFull`] instead of waiting when
-/// the outgoing buffer is over [`ConnectOptions::max_buffered_bytes`].
+/// the outgoing buffer is over [`ConnectOptions::max_buffered_bytes`]. A close frame is never
+/// refused for want of room: it starts the close handshake and goes after the frames before it.
 #[derive(Debug, Clone)]
 pub struct TrySendFrame(pub Frame);
 
@@ -186,6 +189,7 @@ impl<H: MinchHandler> Client<H> {
             lifecycle: Lifecycle::new(),
             timers: HandlerTimers::default(),
             stop_request: None,
+            ended: None,
             generation: 0,
             opening: None,
             response: None,
@@ -212,6 +216,7 @@ impl<H: MinchHandler> Client<H> {
             attempt: self.lifecycle.attempt(),
             timers: &mut self.timers,
             stop: &mut self.stop_request,
+            ended: self.ended.as_ref(),
         };
         Some(callback(handler, &mut client_ctx))
     }
@@ -318,9 +323,11 @@ impl<H: MinchHandler> Client<H> {
                 self.restart_guard = Some(ctx.address());
                 ctx.stop();
             }
-            Action::Terminate(reason) => {
+            Action::Terminate { reason, ended } => {
                 log::debug!("minch: stopping: {reason}");
+                self.ended = ended;
                 self.callback(ctx, |handler, ctx| handler.terminate(&reason, ctx));
+                self.ended = None;
                 self.handler = None;
                 self.stop_request = None;
                 // Nothing restarts after the final stop: cancelling is safe now, and lets a

@@ -11,6 +11,8 @@ use super::{
 };
 use crate::frame::{CloseCode, CloseFrame, Frame, Utf8Bytes};
 
+/// The most read-buffer room reserved ahead of a frame's payload at once.
+const RESERVE_STEP: usize = 1 << 20;
 /// The client's WebSocket codec, for actix-codec's `Framed`: decodes what the server sends,
 /// encodes (and masks) what the client sends.
 #[derive(Debug)]
@@ -260,9 +262,10 @@ impl Decoder for Codec {
                     self.utf8.feed(&src[incoming.validated..])?;
                     incoming.validated = src.len();
                 }
-                // Room for the rest of the frame (bounded by the checked limits), so `Framed`
-                // reads it in large chunks rather than 8 KiB at a time.
-                src.reserve(incoming.payload_len - src.len());
+                // Room for more of the frame, so `Framed` reads it in large chunks rather than
+                // 8 KiB at a time; a step at a time, so that a header announcing a frame within
+                // the limits (which may be huge) costs no memory before its payload comes.
+                src.reserve((incoming.payload_len - src.len()).min(RESERVE_STEP));
                 self.incoming = Some(incoming);
                 return Ok(None);
             }
@@ -627,6 +630,23 @@ mod tests {
         assert_eq!(
             decode_with(limits, &server_frame(true, TEXT, &[b'a'; 51])),
             Err(ProtocolError::MessageTooLarge { size: 51, max: 50 })
+        );
+    }
+
+    #[test]
+    fn a_huge_announced_frame_reserves_one_step_only() {
+        let mut codec = Codec::new(Limits {
+            max_frame_size: usize::MAX,
+            max_message_size: usize::MAX,
+        });
+        let mut header = vec![0x82, 127];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        let mut buf = BytesMut::from(&header[..]);
+        assert!(matches!(codec.decode(&mut buf), Ok(None)));
+        assert!(
+            buf.capacity() <= 2 * RESERVE_STEP,
+            "capacity {}",
+            buf.capacity()
         );
     }
 
