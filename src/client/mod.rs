@@ -275,7 +275,7 @@ impl<H: MinchHandler> Client<H> {
             }
             Action::SendClose(close) => {
                 if let Some(conn) = self.lifecycle.conn_mut() {
-                    // Through `send`, so that the close goes after any held-back data.
+                    // Behind any held-back data, as a close the handler sends.
                     let _ = conn.send_close(close);
                     conn.wake_driver();
                 }
