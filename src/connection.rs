@@ -63,6 +63,9 @@ pub(crate) struct Connection {
     pub(crate) counters: Counters,
     /// A close frame is in the write buffer or the backlog: nothing may follow it.
     close_queued: bool,
+    /// A close frame is in the write buffer: not even a pong may follow it. Until then pings
+    /// are answered (RFC 6455 §5.5.2), ahead of a close that is held back.
+    close_written: bool,
     /// The latest ping not answered yet, while the write buffer is over its limit.
     pending_pong: Option<Bytes>,
     /// The driver's task waker, for writes made where actix does not poll the driver next
@@ -86,6 +89,7 @@ impl Connection {
             connected_at: SystemTime::now(),
             counters: Counters::default(),
             close_queued: false,
+            close_written: false,
             pending_pong: None,
             waker: None,
             deliveries: Waiters::default(),
@@ -149,7 +153,7 @@ impl Connection {
     /// (§5.5.3 allows answering just the latest), so a peer that pings without reading cannot
     /// grow the write buffer.
     pub(crate) fn answer_ping(&mut self, payload: Bytes) {
-        if self.close_queued {
+        if self.close_written {
             return;
         }
         if self.pending_pong.is_none() && self.buffered < self.max_buffered {
@@ -200,6 +204,7 @@ impl Connection {
 
     fn encode(&mut self, frame: Frame) -> Result<(), SendError> {
         let payload = frame.payload_len();
+        self.close_written |= matches!(frame, Frame::Close(_));
         match Pin::new(&mut self.transport).write(frame) {
             Ok(()) => {
                 self.buffered += payload + FRAME_OVERHEAD;
@@ -243,6 +248,9 @@ impl Connection {
                 let Some((frame, slot)) = self.backlog.pop_front() else {
                     break;
                 };
+                if matches!(frame, Frame::Close(_)) {
+                    self.write_owed_pong();
+                }
                 let result = self.encode(frame);
                 let waiting = slot.0.borrow_mut().take();
                 match (result, waiting) {

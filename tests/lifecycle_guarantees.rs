@@ -6,7 +6,7 @@
 mod support;
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     net::{TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,8 +23,8 @@ use minch::{
     StopReason, Timeout,
 };
 use support::{
-    accept_upgrade_blocking, close_frame, frame_bytes, opcode, scripted_ws_server, wait_until,
-    RawEvent, ServerEvent, Step, TestServer,
+    accept_upgrade_blocking, close_frame, decode_frame, frame_bytes, opcode, scripted_ws_server,
+    wait_until, RawEvent, ServerEvent, Step, TestServer,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -383,6 +383,70 @@ async fn a_close_frame_send_resolves_only_once_written() {
         "the close resolved before it could be written: {early:?}"
     );
     drop(sends);
+    server.join().unwrap();
+}
+
+/// RFC 6455 §5.5.2: a ping is answered unless a close was received. A pong owed while the
+/// client's own close waits behind held-back data goes before that close (the first release
+/// answered nothing once a close was queued).
+#[actix_rt::test]
+async fn a_ping_while_the_clients_close_is_held_back_is_answered_before_the_close() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (url, server) = deaf_server(move |stream| {
+        // Let the client fill the socket buffers with frames this peer does not read yet.
+        thread::sleep(Duration::from_millis(300));
+        stream
+            .write_all(&frame_bytes(true, opcode::PING, b"still there?"))
+            .unwrap();
+        thread::sleep(Duration::from_millis(200));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut seen = Vec::new();
+        while !seen.iter().any(|(op, _)| *op == opcode::CLOSE) {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while let Ok(Some((frame, used))) = decode_frame(&buf) {
+                buf.drain(..used);
+                seen.push((frame.opcode, frame.payload));
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let options = quick_options()
+        .max_buffered_bytes(1024)
+        .close_timeout(Duration::from_secs(5));
+    let (mut probe, log) = Probe::new((url, Vec::<(String, String)>::new(), options));
+    probe.on_connect = Box::new(|_| {
+        let mut frames = vec![Frame::binary(vec![3u8; 1 << 20]); 32];
+        frames.push(Frame::Close(Some(CloseFrame::new(4000, "bye"))));
+        Reply::SendAll(frames)
+    });
+    let _addr = Client::start(probe);
+    assert!(wait_until(WAIT, || count(&log, |s| matches!(s, Seen::Connected)) == 1).await);
+
+    let mut seen = None;
+    let deadline = Instant::now() + WAIT;
+    while seen.is_none() && Instant::now() < deadline {
+        seen = rx.try_recv().ok();
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = seen.expect("the server read up to the close");
+    let opcodes: Vec<u8> = seen.iter().map(|(op, _)| *op).collect();
+    let pong = seen
+        .iter()
+        .position(|(op, payload)| *op == opcode::PONG && payload == b"still there?");
+    let close = opcodes.iter().position(|op| *op == opcode::CLOSE);
+    assert!(
+        matches!((pong, close), (Some(pong), Some(close)) if pong < close),
+        "pong at {pong:?}, close at {close:?}: {} frames",
+        opcodes.len()
+    );
+    assert_eq!(close, Some(opcodes.len() - 1), "nothing after the close");
     server.join().unwrap();
 }
 
