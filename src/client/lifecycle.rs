@@ -607,7 +607,7 @@ impl<C: Link> Lifecycle<C> {
 }
 
 /// `now + delay`, or a moment too far off to matter when that does not fit in an `Instant`.
-fn deadline_after(now: Instant, delay: Duration) -> Instant {
+pub(crate) fn deadline_after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -36,7 +36,7 @@ use std::{
 
 use actix::{fut::ActorFuture, prelude::*, Supervised, Supervisor};
 
-use self::lifecycle::{Action, Lifecycle, Settings};
+use self::lifecycle::{deadline_after, Action, Lifecycle, Settings};
 pub use self::timers::TimerId;
 pub(crate) use self::{lifecycle::Link, timers::HandlerTimers};
 use crate::{
@@ -588,8 +588,7 @@ impl<H: MinchHandler> Client<H> {
         delay: Duration,
         info: H::Info,
     ) -> TimerId {
-        let now = Instant::now();
-        let at = now.checked_add(delay).unwrap_or(now + LONGEST_DELAY);
+        let at = deadline_after(Instant::now(), delay);
         timers.insert(at, info, |id, at| Self::arm_info(actor, id, at))
     }
 
@@ -630,9 +629,6 @@ impl<H: MinchHandler> Client<H> {
         stats
     }
 }
-
-/// Far enough off to mean "never", near enough to fit in an `Instant`.
-const LONGEST_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A short close reason naming the broken rule; RFC 6455 §5.5 limits it to 123 bytes.
 fn close_reason_for(error: &ProtocolError) -> String {
