@@ -25,20 +25,19 @@
 //! ```
 
 use std::{
-    sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock},
+    sync::{mpsc as std_mpsc, Arc, OnceLock},
     thread,
     time::Duration,
 };
 
 use actix_rt::{Arbiter, ArbiterHandle, System};
-use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use crate::{
     client::Stats,
     error::SendError,
     frame::Frame,
-    handler::DisconnectReason,
+    inbox::Receiver,
     options::{ConnectOptions, ConnectRequest},
     simple::{self, ReceiveError},
     Error,
@@ -71,14 +70,10 @@ fn start_runtime() -> Result<ArbiterHandle, String> {
 
 enum Command {
     Send(Frame, std_mpsc::Sender<Result<(), SendError>>),
+    SendAll(Vec<Frame>, std_mpsc::Sender<Result<(), SendError>>),
     TrySend(Frame, std_mpsc::Sender<Result<(), SendError>>),
     Stats(std_mpsc::Sender<Stats>),
     Close(std_mpsc::Sender<()>),
-}
-
-enum Event {
-    Frame(Frame),
-    Ended(DisconnectReason),
 }
 
 /// Connects and blocks until the server accepted the upgrade, or with the error that
@@ -99,10 +94,9 @@ where
     let request: ConnectRequest = (url, headers, options).into();
     let (opened_tx, opened_rx) = std_mpsc::channel();
     let (commands_tx, commands) = mpsc::unbounded_channel();
-    let (events_tx, events_rx) = std_mpsc::channel();
 
     let spawned = runtime()?.spawn_fn(move || {
-        actix_rt::spawn(serve(request, opened_tx, commands, events_tx));
+        actix_rt::spawn(serve(request, opened_tx, commands));
     });
     if !spawned {
         return Err(Error::io(std::io::Error::other(
@@ -110,16 +104,13 @@ where
         )));
     }
     match opened_rx.recv() {
-        Ok(Ok(())) => Ok((
+        Ok(Ok(receiver)) => Ok((
             Connection {
                 inner: Arc::new(Handle {
                     commands: commands_tx,
                 }),
             },
-            Frames {
-                events: Mutex::new(events_rx),
-                end: Mutex::new(None),
-            },
+            Frames { receiver },
         )),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(Error::io(std::io::Error::other(
@@ -128,34 +119,23 @@ where
     }
 }
 
-/// Runs one connection on the background thread: opens it, then carries out commands and
-/// forwards frames until it ends.
+/// Runs one connection on the background thread: opens it, then carries out commands until
+/// every handle is gone. Received frames go straight to the bounded queue [`Frames`] reads.
 async fn serve(
     request: ConnectRequest,
-    opened: std_mpsc::Sender<Result<(), Error>>,
+    opened: std_mpsc::Sender<Result<Receiver, Error>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    events: std_mpsc::Sender<Event>,
 ) {
-    let (connection, mut frames) = match simple::open(request).await {
-        Ok(opened_connection) => {
-            let _ = opened.send(Ok(()));
-            opened_connection
+    let connection = match simple::open(request).await {
+        Ok((connection, frames)) => {
+            let _ = opened.send(Ok(frames.into_receiver()));
+            connection
         }
         Err(error) => {
             let _ = opened.send(Err(error));
             return;
         }
     };
-    actix_rt::spawn(async move {
-        while let Some(frame) = frames.next().await {
-            if events.send(Event::Frame(frame)).is_err() {
-                break;
-            }
-        }
-        if let Some(end) = frames.end() {
-            let _ = events.send(Event::Ended(end.clone()));
-        }
-    });
     // Each command waits for its own answer on a task of its own: a send held back by a peer
     // that does not read must not hold up another thread's `try_send_frame`, `stats` or `close`.
     // (A thread's own calls stay in order: each waits for its answer before the next.)
@@ -165,6 +145,9 @@ async fn serve(
             match command {
                 Command::Send(frame, done) => {
                     let _ = done.send(connection.send_frame(frame).await);
+                }
+                Command::SendAll(frames, done) => {
+                    let _ = done.send(connection.send_frames(frames).await);
                 }
                 Command::TrySend(frame, done) => {
                     let _ = done.send(connection.try_send_frame(frame).await);
@@ -198,6 +181,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Send(..) => "Send",
+            Command::SendAll(..) => "SendAll",
             Command::TrySend(..) => "TrySend",
             Command::Stats(_) => "Stats",
             Command::Close(_) => "Close",
@@ -212,6 +196,18 @@ impl Connection {
     /// As [`simple::Connection::send_frame`](crate::Connection::send_frame).
     pub fn send_frame(&self, frame: Frame) -> Result<(), SendError> {
         self.request(|done| Command::Send(frame, done))
+            .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// Sends several frames in order and blocks until the last one has been written: one trip
+    /// to the connection's thread for the whole batch, which a thread producing many frames
+    /// should prefer to a [`send_frame`](Self::send_frame) each.
+    ///
+    /// # Errors
+    /// As [`simple::Connection::send_frames`](crate::Connection::send_frames): the first
+    /// frame that failed; the ones after it were not sent. If any frame is invalid, none is sent.
+    pub fn send_frames(&self, frames: Vec<Frame>) -> Result<(), SendError> {
+        self.request(|done| Command::SendAll(frames, done))
             .unwrap_or(Err(SendError::Stopped))
     }
 
@@ -238,58 +234,38 @@ impl Connection {
         done.recv().ok()
     }
 
-    /// Closes the connection with code 1000 and blocks until the close handshake is over.
+    /// Closes the connection with code 1000 and blocks until the close handshake is over (at
+    /// most [`ConnectOptions::close_timeout`], even when the server stops reading).
     pub fn close(&self) {
         let _ = self.request(Command::Close);
     }
 }
 
-/// The receiving side of a blocking connection: `Send + Sync`.
-#[derive(Debug)]
+/// The receiving side of a blocking connection: `Send + Sync`. Frames wait in a bounded queue
+/// ([`ConnectOptions::max_queue`], [`ConnectOptions::max_queue_bytes`]); while it is full the
+/// connection stops reading, so the server is made to wait. Dropping it discards frames that
+/// arrive later.
 pub struct Frames {
-    events: Mutex<std_mpsc::Receiver<Event>>,
-    end: Mutex<Option<DisconnectReason>>,
+    receiver: Receiver,
 }
 
-impl std::fmt::Debug for Event {
+impl std::fmt::Debug for Frames {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Event::Frame(frame) => f.debug_tuple("Frame").field(frame).finish(),
-            Event::Ended(reason) => f.debug_tuple("Ended").field(reason).finish(),
-        }
+        f.debug_struct("Frames").finish_non_exhaustive()
     }
 }
 
 impl Frames {
-    /// The next frame, blocking at most `timeout`.
+    /// The next frame, blocking at most `timeout` (`Duration::ZERO` does not block).
     ///
     /// # Errors
     /// [`ReceiveError::Timeout`] if nothing came in time; [`ReceiveError::Closed`] once the
     /// connection has ended and every earlier frame was received.
     pub fn receive_frame(&self, timeout: Duration) -> Result<Frame, ReceiveError> {
-        let mut end = self
-            .end
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(reason) = end.as_ref() {
-            return Err(ReceiveError::Closed(reason.clone()));
-        }
-        let events = self
-            .events
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match events.recv_timeout(timeout) {
-            Ok(Event::Frame(frame)) => Ok(frame),
-            Ok(Event::Ended(reason)) => {
-                *end = Some(reason.clone());
-                Err(ReceiveError::Closed(reason))
-            }
-            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(ReceiveError::Timeout),
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                let reason = DisconnectReason::Error(Error::Send(SendError::Stopped));
-                *end = Some(reason.clone());
-                Err(ReceiveError::Closed(reason))
-            }
+        match self.receiver.take_within(timeout) {
+            Some(Ok(frame)) => Ok(frame),
+            Some(Err(reason)) => Err(ReceiveError::Closed(reason)),
+            None => Err(ReceiveError::Timeout),
         }
     }
 }

@@ -66,6 +66,10 @@ pub enum Timeout {
     Close,
     /// Waiting for a pong (or any frame) after a keepalive ping.
     Pong,
+    /// Waiting for a pong while the receive queue of the simple or blocking API was full: the
+    /// program took no frame for longer than the pong timeout, so the client could not read
+    /// the pong (see [`ConnectOptions::max_queue`](crate::ConnectOptions::max_queue)).
+    ReceiveQueueFull,
 }
 
 impl Error {
@@ -139,6 +143,10 @@ impl fmt::Display for Error {
             Error::Timeout(Timeout::Pong) => write!(
                 f,
                 "no pong (nor any frame) arrived within the pong timeout; the peer or the network is gone"
+            ),
+            Error::Timeout(Timeout::ReceiveQueueFull) => write!(
+                f,
+                "the receive queue stayed full past the pong timeout, so the keepalive pong could not be read; take frames sooner, raise ConnectOptions::max_queue or pong_timeout, or turn keepalive off"
             ),
             Error::Rejected { status } => write!(
                 f,

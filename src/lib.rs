@@ -80,7 +80,7 @@
 //! ## Sending
 //!
 //! [`SendFrame`] resolves once the frame has been written to the socket, or with a
-//! [`SendError`] saying why not. A client that is not connected answers
+//! [`SendError`] saying why not; [`SendFrames`] sends many in one message. A client that is not connected answers
 //! [`SendError::NotConnected`] at once: frames are never buffered for a later connection.
 //!
 //! ## Liveness and flow control
@@ -114,6 +114,7 @@ mod connection;
 mod error;
 mod frame;
 mod handler;
+mod inbox;
 mod options;
 mod protocol;
 mod simple;
@@ -127,7 +128,7 @@ pub mod http {
 
 pub use crate::{
     backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
-    client::{Client, Close, GetStats, Info, SendFrame, Stats, TimerId, TrySendFrame},
+    client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
     connection::Deferred,
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},

@@ -284,6 +284,24 @@ pub struct ConnectOptions {
     /// [`SendError::BufferFull`](crate::SendError::BufferFull). Default: 16 MiB. Allowed: at
     /// least 1.
     pub max_buffered_bytes: usize,
+    /// The simple and blocking APIs: the most received messages waiting to be taken with
+    /// `receive_frame` (or the [`Frames`](crate::Frames) stream). When the queue holds this many
+    /// (or [`max_queue_bytes`](Self::max_queue_bytes) of payload), the connection stops reading
+    /// the socket, so the kernel's TCP window makes the server wait; it reads again once the
+    /// program has taken the queue down to half. Default: 1 024. Allowed: at least 1.
+    ///
+    /// While reading is paused the client cannot see pongs either: a program that takes no
+    /// frame for longer than [`pong_timeout`](Self::pong_timeout) (after a keepalive ping) is
+    /// disconnected with [`Timeout::ReceiveQueueFull`](crate::Timeout::ReceiveQueueFull), and a
+    /// close handshake waits behind the frames not taken, for at most
+    /// [`close_timeout`](Self::close_timeout). The actor client has no queue: it hands each
+    /// message to [`handle_frame`](crate::MinchHandler::handle_frame) as it arrives.
+    pub max_queue: usize,
+    /// The simple and blocking APIs: the most payload bytes of received messages waiting to be
+    /// taken; see [`max_queue`](Self::max_queue). A message is queued whole, so the queue may
+    /// exceed this by one message (at most [`max_message_size`](Self::max_message_size)).
+    /// Default: 16 MiB. Allowed: at least 1.
+    pub max_queue_bytes: usize,
     /// Certificate verification and extra roots for `wss://`.
     pub tls: TlsOptions,
     /// Whether `pong_timeout` was set through its builder: only then is it a mistake to leave
@@ -306,6 +324,8 @@ impl Default for ConnectOptions {
             ping_interval: Some(Duration::from_secs(20)),
             pong_timeout: Duration::from_secs(20),
             max_buffered_bytes: 16 << 20,
+            max_queue: 1024,
+            max_queue_bytes: 16 << 20,
             tls: TlsOptions::default(),
             pong_timeout_explicit: false,
         }
@@ -386,6 +406,19 @@ impl ConnectOptions {
         self
     }
 
+    /// Sets [`max_queue`](Self::max_queue), the simple and blocking APIs' limit on received
+    /// messages not taken yet.
+    pub fn max_queue(mut self, messages: usize) -> Self {
+        self.max_queue = messages;
+        self
+    }
+
+    /// Sets [`max_queue_bytes`](Self::max_queue_bytes).
+    pub fn max_queue_bytes(mut self, bytes: usize) -> Self {
+        self.max_queue_bytes = bytes;
+        self
+    }
+
     /// Sets the TLS options.
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = tls;
@@ -439,6 +472,16 @@ impl ConnectOptions {
         if self.max_buffered_bytes == 0 {
             return Err(Error::InvalidOptions(
                 "max_buffered_bytes must be at least 1 (got 0); the default is 16 MiB".into(),
+            ));
+        }
+        if self.max_queue == 0 {
+            return Err(Error::InvalidOptions(
+                "max_queue must be at least 1 message (got 0); the default is 1024".into(),
+            ));
+        }
+        if self.max_queue_bytes == 0 {
+            return Err(Error::InvalidOptions(
+                "max_queue_bytes must be at least 1 (got 0); the default is 16 MiB".into(),
             ));
         }
         self.validate_subprotocols()
@@ -512,6 +555,8 @@ impl fmt::Debug for ConnectOptions {
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
             .field("max_buffered_bytes", &self.max_buffered_bytes)
+            .field("max_queue", &self.max_queue)
+            .field("max_queue_bytes", &self.max_queue_bytes)
             .field("tls", &self.tls)
             .finish()
     }
@@ -846,6 +891,18 @@ mod tests {
         assert_invalid(with(0), "max_buffered_bytes must be at least 1 (got 0)");
         assert_valid(with(1));
         assert_valid(with(usize::MAX));
+    }
+
+    #[test]
+    fn the_receive_queue_holds_at_least_one_message_and_one_byte() {
+        let messages = |n: usize| ConnectOptions::default().max_queue(n);
+        assert_invalid(messages(0), "max_queue must be at least 1 message (got 0)");
+        assert_valid(messages(1));
+        assert_valid(messages(usize::MAX));
+        let bytes = |n: usize| ConnectOptions::default().max_queue_bytes(n);
+        assert_invalid(bytes(0), "max_queue_bytes must be at least 1 (got 0)");
+        assert_valid(bytes(1));
+        assert_valid(bytes(usize::MAX));
     }
 
     #[test]

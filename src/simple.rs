@@ -7,22 +7,28 @@
 //! [`Frames`] reports why.
 
 use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    future::{poll_fn, Future as _},
     pin::Pin,
     rc::Rc,
-    task::{Context, Poll},
+    sync::Arc,
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
-use actix::Addr;
-use futures_util::Stream;
-use tokio::sync::{mpsc, oneshot};
+use actix::{dev::Request, Addr};
+use futures_util::{Sink, Stream};
+use tokio::sync::oneshot;
 
 use crate::{
-    client::{Client, Close, GetStats, SendFrame, Stats, TrySendFrame},
+    client::{Client, Close, GetStats, SendFrame, SendFrames, Stats, TrySendFrame},
     error::SendError,
     frame::Frame,
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
+    inbox::{Inbox, Receiver},
     options::{ConnectOptions, ConnectRequest},
+    protocol::validate_outgoing,
     transport::Response,
     Error,
 };
@@ -72,21 +78,33 @@ where
 
 /// [`connect`] with the request already assembled.
 pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames), Error> {
+    let options = &request.options;
+    let inbox = Inbox::new(options.max_queue, options.max_queue_bytes);
+    let batch_bytes = options.max_buffered_bytes;
     let (opened_tx, opened) = oneshot::channel();
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let addr = Client::start(Forwarder {
-        request: Some(request),
-        opened: Some(opened_tx),
-        events: events_tx,
-        ended: false,
-    });
+    let addr = Client::start_with_queue(
+        Forwarder {
+            request: Some(request),
+            opened: Some(opened_tx),
+            inbox: inbox.clone(),
+        },
+        inbox.clone(),
+    );
     match opened.await {
         Ok(Ok(response)) => Ok((
             Connection {
-                inner: Rc::new(Handle { addr }),
-                response: Rc::new(response),
+                shared: Rc::new(Shared {
+                    addr,
+                    response,
+                    inbox: inbox.clone(),
+                    batch_bytes,
+                }),
+                outgoing: RefCell::default(),
             },
-            Frames { events, end: None },
+            Frames {
+                receiver: Receiver(inbox),
+                end: None,
+            },
         )),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(Error::io(std::io::Error::other(
@@ -97,20 +115,97 @@ pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames)
 
 /// The sending side of a connection opened by [`connect`]. Cheap to clone; dropping the last
 /// clone closes the connection gracefully (code 1000), as Minch does when its caller exits.
-#[derive(Clone, Debug)]
+///
+/// Send one frame at a time with [`send_frame`](Self::send_frame), or many with
+/// [`send_frames`](Self::send_frames) or the [`Sink`] implementation:
+/// [`feed`](futures_util::SinkExt::feed) queues frames in the handle and
+/// [`flush`](futures_util::SinkExt::flush) hands them to the connection in one message and
+/// resolves once they were written to the socket.
+///
+/// ```no_run
+/// use futures_util::SinkExt as _;
+/// use minch::Frame;
+///
+/// # async fn demo(mut connection: minch::Connection) -> Result<(), minch::SendError> {
+/// for n in 0..1000 {
+///     connection.feed(Frame::text(n.to_string())).await?;
+/// }
+/// connection.flush().await?; // all 1 000 written
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Each clone has its own queue of fed frames; `send_frame`, `send_frames`, `try_send_frame`
+/// and `close` on a handle send the frames fed to it (and not flushed yet) first, in order.
+/// Whether those were written, its next flush reports.
 pub struct Connection {
-    inner: Rc<Handle>,
-    response: Rc<Response>,
+    shared: Rc<Shared>,
+    outgoing: RefCell<Outgoing>,
 }
 
-#[derive(Debug)]
-struct Handle {
+struct Shared {
     addr: Addr<Client<Forwarder>>,
+    response: Response,
+    inbox: Arc<Inbox>,
+    /// A handle hands its fed frames over once they reach this many bytes (the connection's
+    /// `max_buffered_bytes`).
+    batch_bytes: usize,
 }
 
-impl Drop for Handle {
+impl Drop for Shared {
     fn drop(&mut self) {
         self.addr.do_send(Close);
+    }
+}
+
+/// One handle's frames fed and not handed over yet, and the batches handed over and not
+/// known written yet.
+#[derive(Default)]
+struct Outgoing {
+    batch: Vec<Frame>,
+    bytes: usize,
+    in_flight: VecDeque<Pin<Box<Request<Client<Forwarder>, SendFrames>>>>,
+    closing: Option<Pin<Box<Request<Client<Forwarder>, Close>>>>,
+    /// A flush error to report once the close that followed it is done.
+    close_error: Option<SendError>,
+}
+
+/// Hand over a handle's fed frames once this many are waiting, whatever their size.
+const BATCH_FRAMES: usize = 4096;
+
+/// Bytes a frame adds to the outgoing buffer beyond its payload, at most.
+const FRAME_OVERHEAD: usize = 14;
+
+impl Outgoing {
+    /// Hands the fed frames to the connection, to be tracked until written.
+    fn hand_over(&mut self, addr: &Addr<Client<Forwarder>>) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.bytes = 0;
+            self.in_flight
+                .push_back(Box::pin(addr.send(SendFrames(batch))));
+        }
+    }
+
+    /// Waits for every batch handed over; the first error, if any.
+    fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        while let Some(request) = self.in_flight.front_mut() {
+            let result = ready!(request.as_mut().poll(cx));
+            self.in_flight.pop_front();
+            if let Err(error) = result.unwrap_or(Err(SendError::Stopped)) {
+                return Poll::Ready(Err(error));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_flush(
+        &mut self,
+        addr: &Addr<Client<Forwarder>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        self.hand_over(addr);
+        self.poll_in_flight(cx)
     }
 }
 
@@ -122,9 +217,25 @@ impl Connection {
     /// ended, [`SendError::ConnectionLost`] if it broke before the frame was written,
     /// [`SendError::InvalidFrame`] for frames that may not be sent.
     pub async fn send_frame(&self, frame: Frame) -> Result<(), SendError> {
-        self.inner
+        self.hand_over_fed();
+        self.shared
             .addr
             .send(SendFrame(frame))
+            .await
+            .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// Sends several frames in order, as one message to the connection; resolves once the
+    /// last one has been written. See [`SendFrames`].
+    ///
+    /// # Errors
+    /// As [`send_frame`](Self::send_frame), for the first frame that failed; the frames after
+    /// it were not sent. If any frame is invalid, none is sent.
+    pub async fn send_frames(&self, frames: Vec<Frame>) -> Result<(), SendError> {
+        self.hand_over_fed();
+        self.shared
+            .addr
+            .send(SendFrames(frames))
             .await
             .unwrap_or(Err(SendError::Stopped))
     }
@@ -135,7 +246,8 @@ impl Connection {
     /// # Errors
     /// As [`send_frame`](Self::send_frame), plus [`SendError::BufferFull`].
     pub async fn try_send_frame(&self, frame: Frame) -> Result<(), SendError> {
-        self.inner
+        self.hand_over_fed();
+        self.shared
             .addr
             .send(TrySendFrame(frame))
             .await
@@ -144,30 +256,134 @@ impl Connection {
 
     /// The connection's state and traffic.
     pub async fn stats(&self) -> Stats {
-        self.inner.addr.send(GetStats).await.unwrap_or_default()
+        self.shared.addr.send(GetStats).await.unwrap_or_default()
     }
 
     /// Closes the connection with code 1000 and waits for the close handshake (at most
-    /// [`ConnectOptions::close_timeout`]). [`Frames`] then reports the end.
+    /// [`ConnectOptions::close_timeout`]). [`Frames`] then reports the end. Frames fed to this
+    /// handle and not flushed yet go before the close frame.
     pub async fn close(&self) {
-        let _ = self.inner.addr.send(Close).await;
+        self.hand_over_fed();
+        let _ = self.shared.addr.send(Close).await;
     }
 
     /// The server's `101` response.
     pub fn response(&self) -> &Response {
-        &self.response
+        &self.shared.response
+    }
+
+    /// Frames fed through the [`Sink`] go before anything sent after them.
+    fn hand_over_fed(&self) {
+        self.outgoing.borrow_mut().hand_over(&self.shared.addr);
+    }
+}
+
+impl Clone for Connection {
+    /// Another handle to the same connection, with its own (empty) queue of fed frames.
+    fn clone(&self) -> Self {
+        Connection {
+            shared: self.shared.clone(),
+            outgoing: RefCell::default(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Fed frames are still sent (ahead of the close that dropping the last handle sends).
+        let batch = std::mem::take(&mut self.outgoing.get_mut().batch);
+        if !batch.is_empty() {
+            self.shared.addr.do_send(SendFrames(batch));
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outgoing = self.outgoing.borrow();
+        f.debug_struct("Connection")
+            .field("fed", &outgoing.batch.len())
+            .field("in_flight", &outgoing.in_flight.len())
+            .field("ended", &self.shared.inbox.has_ended())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Frames go out in batches: [`start_send`](Sink::start_send) queues a frame in the handle
+/// (checking it first), [`poll_flush`](Sink::poll_flush) hands the queue to the connection and
+/// is ready once every frame was written to the socket. [`poll_ready`](Sink::poll_ready) waits
+/// while the handle holds [`max_buffered_bytes`](ConnectOptions::max_buffered_bytes) (or
+/// 4 096 frames) and an earlier batch is still being written, so a producer slows down to the
+/// server's pace; it fails with [`SendError::Stopped`] once the connection has ended.
+/// [`poll_close`](Sink::poll_close) flushes, then closes the connection with code 1000 and
+/// waits for the close handshake.
+impl Sink<Frame> for Connection {
+    type Error = SendError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let this = self.get_mut();
+        if this.shared.inbox.has_ended() {
+            return Poll::Ready(Err(SendError::Stopped));
+        }
+        let outgoing = this.outgoing.get_mut();
+        if outgoing.batch.len() >= BATCH_FRAMES || outgoing.bytes >= this.shared.batch_bytes {
+            // One batch being written while the next fills.
+            ready!(outgoing.poll_in_flight(cx))?;
+            outgoing.hand_over(&this.shared.addr);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Frame) -> Result<(), SendError> {
+        let this = self.get_mut();
+        validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
+        if this.shared.inbox.has_ended() {
+            return Err(SendError::Stopped);
+        }
+        let outgoing = this.outgoing.get_mut();
+        outgoing.bytes += frame.payload_len() + FRAME_OVERHEAD;
+        outgoing.batch.push(frame);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let this = self.get_mut();
+        this.outgoing.get_mut().poll_flush(&this.shared.addr, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let this = self.get_mut();
+        let outgoing = this.outgoing.get_mut();
+        if outgoing.closing.is_none() {
+            outgoing.close_error = ready!(outgoing.poll_flush(&this.shared.addr, cx)).err();
+            outgoing.closing = Some(Box::pin(this.shared.addr.send(Close)));
+        }
+        if let Some(closing) = &mut outgoing.closing {
+            let _ = ready!(closing.as_mut().poll(cx));
+        }
+        Poll::Ready(outgoing.close_error.take().map_or(Ok(()), Err))
     }
 }
 
 /// The receiving side of a connection opened by [`connect`]: text, binary and pong frames in
 /// the order they arrived, then the reason the connection ended.
 ///
-/// Frames wait in memory until received. It is also a [`Stream`] of frames, which ends when
-/// the connection does ([`Frames::end`] then tells why).
-#[derive(Debug)]
+/// Frames wait in a bounded queue until received ([`ConnectOptions::max_queue`] messages,
+/// [`ConnectOptions::max_queue_bytes`] bytes); while it is full the connection stops reading,
+/// so the server is made to wait. It is also a [`Stream`] of frames, which ends when the
+/// connection does ([`Frames::end`] then tells why). Dropping it discards frames that arrive
+/// later.
 pub struct Frames {
-    events: mpsc::UnboundedReceiver<Event>,
+    receiver: Receiver,
     end: Option<DisconnectReason>,
+}
+
+impl std::fmt::Debug for Frames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frames")
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why [`Frames::receive_frame`] returned no frame.
@@ -201,14 +417,14 @@ impl Frames {
         if let Some(end) = &self.end {
             return Err(ReceiveError::Closed(end.clone()));
         }
-        match actix_rt::time::timeout(timeout, self.events.recv()).await {
+        let next = poll_fn(|cx| self.receiver.poll_take(cx));
+        match actix_rt::time::timeout(timeout, next).await {
             Err(_) => Err(ReceiveError::Timeout),
-            Ok(Some(Event::Frame(frame))) => Ok(frame),
-            Ok(Some(Event::Ended(reason))) => {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(reason)) => {
                 self.end = Some(reason.clone());
                 Err(ReceiveError::Closed(reason))
             }
-            Ok(None) => Err(ReceiveError::Closed(self.ended_without_reason())),
         }
     }
 
@@ -217,10 +433,9 @@ impl Frames {
         self.end.as_ref()
     }
 
-    fn ended_without_reason(&mut self) -> DisconnectReason {
-        self.end
-            .get_or_insert(DisconnectReason::Error(Error::Send(SendError::Stopped)))
-            .clone()
+    /// The queue itself, for the blocking API's receiver.
+    pub(crate) fn into_receiver(self) -> Receiver {
+        self.receiver
     }
 }
 
@@ -231,41 +446,28 @@ impl Stream for Frames {
         if self.end.is_some() {
             return Poll::Ready(None);
         }
-        match self.events.poll_recv(cx) {
-            Poll::Ready(Some(Event::Frame(frame))) => Poll::Ready(Some(frame)),
-            Poll::Ready(Some(Event::Ended(reason))) => {
+        match ready!(self.receiver.poll_take(cx)) {
+            Ok(frame) => Poll::Ready(Some(frame)),
+            Err(reason) => {
                 self.end = Some(reason);
                 Poll::Ready(None)
             }
-            Poll::Ready(None) => {
-                self.ended_without_reason();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
 
-#[derive(Debug)]
-enum Event {
-    Frame(Frame),
-    Ended(DisconnectReason),
-}
-
-/// The handler behind the simple API: forwards frames to [`Frames`], never reconnects.
+/// The handler behind the simple API: queues frames for [`Frames`], never reconnects.
 struct Forwarder {
     request: Option<ConnectRequest>,
     opened: Option<oneshot::Sender<Result<Response, Error>>>,
-    events: mpsc::UnboundedSender<Event>,
-    ended: bool,
+    inbox: Arc<Inbox>,
 }
 
-impl Forwarder {
-    fn end(&mut self, reason: DisconnectReason) {
-        if !self.ended {
-            self.ended = true;
-            let _ = self.events.send(Event::Ended(reason));
-        }
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        // Receivers must not wait for a connection that is gone (only the first end counts).
+        self.inbox
+            .finish(DisconnectReason::Error(Error::Send(SendError::Stopped)));
     }
 }
 
@@ -291,7 +493,7 @@ impl MinchHandler for Forwarder {
     }
 
     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
-        let _ = self.events.send(Event::Frame(frame));
+        self.inbox.push(frame);
         Reply::Continue
     }
 
@@ -314,7 +516,7 @@ impl MinchHandler for Forwarder {
                 };
                 let _ = opened.send(Err(error));
             }
-            None => self.end(reason.clone()),
+            None => self.inbox.finish(reason.clone()),
         }
         Reconnect::Stop
     }
@@ -327,6 +529,6 @@ impl MinchHandler for Forwarder {
             (_, Some(ended)) => ended.clone(),
             _ => DisconnectReason::ClientClosed(crate::CloseFrame::normal()),
         };
-        self.end(reason);
+        self.inbox.finish(reason);
     }
 }

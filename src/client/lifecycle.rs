@@ -484,8 +484,9 @@ impl<C: Link> Lifecycle<C> {
     }
 
     /// The clock reached [`poll_timeout`](Self::poll_timeout) (or later). `payload` is used if a
-    /// keepalive ping is due.
-    pub(crate) fn timeout(&mut self, now: Instant, payload: [u8; 8]) {
+    /// keepalive ping is due. `reading_paused`: the client is not reading the socket (its
+    /// receive queue is full), so a missing pong is the program's doing, not the peer's.
+    pub(crate) fn timeout(&mut self, now: Instant, payload: [u8; 8], reading_paused: bool) {
         self.timer_moved = true;
         match &mut self.phase {
             Phase::Waiting { connect_at } if now >= *connect_at => self.connect(),
@@ -500,7 +501,12 @@ impl<C: Link> Lifecycle<C> {
                         keepalive.outstanding = None;
                     } else if now >= ping.deadline {
                         log::debug!("minch: nothing arrived within the pong timeout");
-                        self.end_connection(Some(Error::Timeout(Timeout::Pong)));
+                        let kind = if reading_paused {
+                            Timeout::ReceiveQueueFull
+                        } else {
+                            Timeout::Pong
+                        };
+                        self.end_connection(Some(Error::Timeout(kind)));
                         return;
                     }
                 }
@@ -853,7 +859,7 @@ mod tests {
                     Some(due) if due <= until => {
                         self.now = self.now.max(due);
                         let phase = self.machine.phase_name();
-                        self.machine.timeout(self.now, rand::random());
+                        self.machine.timeout(self.now, rand::random(), false);
                         self.run();
                         // A deadline still due now is only fine in another phase (a
                         // reconnect after no delay); the same phase would fire forever.

@@ -1,0 +1,413 @@
+//! The receive queue of the simple and blocking APIs: received messages wait here until the
+//! program takes them, up to [`ConnectOptions::max_queue`](crate::ConnectOptions::max_queue)
+//! messages and [`max_queue_bytes`](crate::ConnectOptions::max_queue_bytes) of payload.
+//!
+//! At the limit the connection stops reading the socket, so the kernel's TCP window makes the
+//! server wait; once the program has taken the queue down to half, the connection reads again.
+//! The gap between the two marks keeps a reader that takes one message at a time from waking
+//! the connection for every message.
+//!
+//! One queue serves both APIs: the async receiver registers a waker, blocking receivers wait
+//! on a condition variable, and the connection (on the actix thread) asks before each frame
+//! whether it may read.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use crate::{frame::Frame, handler::DisconnectReason};
+
+/// A bounded queue of received frames, then the reason the connection ended.
+pub(crate) struct Inbox {
+    state: Mutex<State>,
+    /// Blocking receivers wait here for a frame or the end.
+    arrived: Condvar,
+    /// The queue reached its limit and has not been taken down to half yet: the connection
+    /// reads nothing. Kept outside the lock, so that the connection checks it per frame for
+    /// the price of a load.
+    paused: AtomicBool,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    /// Payload bytes of `frames`.
+    bytes: usize,
+    end: Option<DisconnectReason>,
+    /// The async receiver waiting for a frame.
+    receiver: Option<Waker>,
+    /// The connection waiting for room.
+    reader: Option<Waker>,
+    /// Blocking receivers waiting on `arrived`.
+    sleepers: usize,
+    /// Every receiver is gone: frames are dropped on arrival and reading never pauses.
+    abandoned: bool,
+}
+
+impl Inbox {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            state: Mutex::default(),
+            arrived: Condvar::new(),
+            paused: AtomicBool::new(false),
+            max_messages: max_messages.max(1),
+            max_bytes: max_bytes.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; a poisoned one still holds a consistent queue.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a received frame. The connection asks [`reading_allowed`](Self::reading_allowed)
+    /// before reading the next one.
+    pub(crate) fn push(&self, frame: Frame) {
+        let mut state = self.lock();
+        if state.abandoned || state.end.is_some() {
+            return;
+        }
+        state.bytes += frame.payload_len();
+        state.frames.push_back(frame);
+        if state.frames.len() >= self.max_messages || state.bytes >= self.max_bytes {
+            self.paused.store(true, Ordering::Release);
+        }
+        let receiver = state.receiver.take();
+        if state.sleepers > 0 {
+            self.arrived.notify_one();
+        }
+        drop(state);
+        if let Some(waker) = receiver {
+            waker.wake();
+        }
+    }
+
+    /// The connection has ended: receivers get `reason` once they have taken every frame.
+    /// Only the first end counts.
+    pub(crate) fn finish(&self, reason: DisconnectReason) {
+        let mut state = self.lock();
+        if state.end.is_some() {
+            return;
+        }
+        state.end = Some(reason);
+        let receiver = state.receiver.take();
+        self.arrived.notify_all();
+        drop(state);
+        if let Some(waker) = receiver {
+            waker.wake();
+        }
+    }
+
+    /// Whether the connection ended (frames may still wait to be taken).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
+    /// Whether the connection may read another frame. If not, `waker` is woken once it may.
+    pub(crate) fn reading_allowed(&self, waker: &Waker) -> bool {
+        if !self.paused.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut state = self.lock();
+        // Resumed between the load and the lock: the waker would never be called.
+        if !self.paused.load(Ordering::Acquire) {
+            return true;
+        }
+        match &state.reader {
+            Some(reader) if reader.will_wake(waker) => {}
+            _ => state.reader = Some(waker.clone()),
+        }
+        false
+    }
+
+    /// Whether reading is paused for want of room.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Takes the next frame; `Err` with the end once every frame was taken.
+    fn take(&self, state: &mut State) -> Option<Result<Frame, DisconnectReason>> {
+        match state.frames.pop_front() {
+            Some(frame) => {
+                state.bytes -= frame.payload_len();
+                if self.paused.load(Ordering::Relaxed)
+                    && state.frames.len() <= self.max_messages / 2
+                    && state.bytes <= self.max_bytes / 2
+                {
+                    self.paused.store(false, Ordering::Release);
+                    if let Some(reader) = state.reader.take() {
+                        reader.wake();
+                    }
+                }
+                Some(Ok(frame))
+            }
+            None => state.end.clone().map(Err),
+        }
+    }
+
+    /// The async receiver: the next frame, or the end.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Frame, DisconnectReason>> {
+        let mut state = self.lock();
+        match self.take(&mut state) {
+            Some(taken) => Poll::Ready(taken),
+            None => {
+                match &state.receiver {
+                    Some(receiver) if receiver.will_wake(cx.waker()) => {}
+                    _ => state.receiver = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A blocking receiver: the next frame or the end, waiting at most `timeout`; `None` if
+    /// nothing came in time.
+    pub(crate) fn take_within(&self, timeout: Duration) -> Option<Result<Frame, DisconnectReason>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut state = self.lock();
+        loop {
+            if let Some(taken) = self.take(&mut state) {
+                return Some(taken);
+            }
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if left.is_zero() {
+                return None;
+            }
+            state.sleepers += 1;
+            state = match self.arrived.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+            state.sleepers -= 1;
+        }
+    }
+
+    /// Every receiver is gone: nobody can take the frames, so they are dropped, and the
+    /// connection reads freely (a close handshake must not wait behind them).
+    pub(crate) fn abandon(&self) {
+        let mut state = self.lock();
+        state.abandoned = true;
+        state.frames = VecDeque::new();
+        state.bytes = 0;
+        self.paused.store(false, Ordering::Release);
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+}
+
+/// The receiving end of an [`Inbox`]: dropping it abandons the queue.
+pub(crate) struct Receiver(pub(crate) Arc<Inbox>);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+impl std::ops::Deref for Receiver {
+    type Target = Inbox;
+
+    fn deref(&self) -> &Inbox {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The queue driven directly, at speed: random pushes (only while reading is allowed, as
+    //! the connection does), takes, ends and abandonment, against these invariants:
+    //!
+    //! 1. Frames are taken in the order they were pushed, each once, none lost (until the
+    //!    receiver abandons the queue), and the end comes after every frame.
+    //! 2. Reading is paused exactly from the push that reaches a limit until a take brings
+    //!    the queue to half of both limits (or the end of receiving); so the queue never holds
+    //!    more than `max_messages` frames, nor more than `max_bytes` plus one frame.
+    //! 3. The connection, told to wait, is woken when reading resumes: never left waiting
+    //!    while reading is allowed.
+
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        task::Wake,
+    };
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{frame::CloseFrame, handler::DisconnectReason};
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Push(usize),
+        Take,
+        Finish,
+        Abandon,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0usize..40).prop_map(Step::Push),
+            5 => Just(Step::Take),
+            1 => Just(Step::Finish),
+            1 => Just(Step::Abandon),
+        ]
+    }
+
+    fn frame(number: u32, len: usize) -> Frame {
+        let mut payload = number.to_be_bytes().to_vec();
+        payload.resize(len.max(4), 0);
+        Frame::Binary(Bytes::from(payload))
+    }
+
+    fn number(frame: &Frame) -> u32 {
+        match frame {
+            Frame::Binary(payload) => u32::from_be_bytes(payload[..4].try_into().unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_queue_keeps_order_bounds_and_wakes(
+            max_messages in 1usize..8,
+            max_bytes in 1usize..120,
+            steps in proptest::collection::vec(step(), 1..80),
+        ) {
+            let inbox = Inbox::new(max_messages, max_bytes);
+            let reader = Arc::new(CountingWaker::default());
+            let reader_waker = Waker::from(reader.clone());
+            let mut pushed = 0u32;
+            let mut expected = VecDeque::new();
+            let (mut finished, mut abandoned, mut ended_seen) = (false, false, false);
+            let mut reader_waiting = false;
+            let mut max_frame = 0;
+            for step in steps {
+                match step {
+                    Step::Push(len) => {
+                        let wakes = reader.0.load(Ordering::SeqCst);
+                        if !inbox.reading_allowed(&reader_waker) {
+                            reader_waiting = true;
+                            prop_assert_eq!(reader.0.load(Ordering::SeqCst), wakes);
+                            continue;
+                        }
+                        reader_waiting = false;
+                        let frame = frame(pushed, len);
+                        max_frame = max_frame.max(frame.payload_len());
+                        inbox.push(frame);
+                        if !finished && !abandoned {
+                            expected.push_back(pushed);
+                        }
+                        pushed += 1;
+                    }
+                    Step::Take => {
+                        let wakes = reader.0.load(Ordering::SeqCst);
+                        let was_paused = inbox.is_paused();
+                        match inbox.take_within(Duration::ZERO) {
+                            Some(Ok(frame)) => {
+                                prop_assert!(!abandoned);
+                                prop_assert_eq!(Some(number(&frame)), expected.pop_front());
+                            }
+                            Some(Err(_)) => {
+                                prop_assert!(finished && expected.is_empty());
+                                ended_seen = true;
+                            }
+                            None => prop_assert!(expected.is_empty() && (!finished || abandoned)),
+                        }
+                        if was_paused && !inbox.is_paused() && reader_waiting {
+                            prop_assert_eq!(reader.0.load(Ordering::SeqCst), wakes + 1);
+                            reader_waiting = false;
+                        }
+                    }
+                    Step::Finish => {
+                        inbox.finish(DisconnectReason::ServerClosed(Some(CloseFrame::normal())));
+                        finished = true;
+                    }
+                    Step::Abandon => {
+                        let wakes = reader.0.load(Ordering::SeqCst);
+                        inbox.abandon();
+                        abandoned = true;
+                        expected.clear();
+                        prop_assert!(!inbox.is_paused());
+                        if reader_waiting {
+                            prop_assert_eq!(reader.0.load(Ordering::SeqCst), wakes + 1);
+                            reader_waiting = false;
+                        }
+                    }
+                }
+                let state = inbox.lock();
+                prop_assert_eq!(
+                    state.bytes,
+                    state.frames.iter().map(Frame::payload_len).sum::<usize>()
+                );
+                prop_assert!(state.frames.len() <= max_messages);
+                prop_assert!(state.bytes < max_bytes + max_frame.max(1));
+                let over = state.frames.len() >= max_messages || state.bytes >= max_bytes;
+                if over && !abandoned {
+                    prop_assert!(inbox.is_paused() || finished);
+                }
+                if !inbox.is_paused() {
+                    prop_assert!(!reader_waiting || reader.0.load(Ordering::SeqCst) > 0);
+                }
+                drop(state);
+            }
+            let _ = ended_seen;
+        }
+    }
+
+    #[test]
+    fn a_blocking_receiver_wakes_for_a_frame_from_another_thread() {
+        let inbox = Inbox::new(4, 1 << 20);
+        let pusher = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                inbox.push(Frame::text("late"));
+            })
+        };
+        let taken = inbox.take_within(Duration::from_secs(10));
+        pusher.join().unwrap();
+        assert!(matches!(taken, Some(Ok(Frame::Text(text))) if text == "late"));
+    }
+
+    #[test]
+    fn the_end_comes_after_every_frame_and_stays() {
+        let inbox = Inbox::new(4, 1 << 20);
+        inbox.push(Frame::text("a"));
+        inbox.finish(DisconnectReason::ServerClosed(None));
+        inbox.finish(DisconnectReason::ClientClosed(CloseFrame::normal()));
+        assert!(matches!(inbox.take_within(Duration::ZERO), Some(Ok(_))));
+        for _ in 0..2 {
+            assert!(matches!(
+                inbox.take_within(Duration::ZERO),
+                Some(Err(DisconnectReason::ServerClosed(None)))
+            ));
+        }
+    }
+}
