@@ -164,11 +164,14 @@ impl Drop for Shared {
 struct Outgoing {
     batch: Vec<Frame>,
     bytes: usize,
-    in_flight: VecDeque<Pin<Box<Request<Client<Forwarder>, SendFrames>>>>,
-    closing: Option<Pin<Box<Request<Client<Forwarder>, Close>>>>,
+    in_flight: VecDeque<Pending<SendFrames>>,
+    closing: Option<Pending<Close>>,
     /// A flush error to report once the close that followed it is done.
     close_error: Option<SendError>,
 }
+
+/// A message to the connection's client, awaiting its answer.
+type Pending<M> = Pin<Box<Request<Client<Forwarder>, M>>>;
 
 /// Hand over a handle's fed frames once this many are waiting, whatever their size.
 const BATCH_FRAMES: usize = 4096;
