@@ -16,11 +16,19 @@
 //! message sent as 65 536 fragments of 64 bytes (the shape of Autobahn case 9.3.1). It listens
 //! on 127.0.0.1 only, with a backlog of 4 096, and exits when the bench does.
 //!
-//! Clients, all on one actix (single-thread tokio) runtime in this process:
+//! Clients, all driven from one actix (single-thread tokio) runtime in this process:
 //! - `minch-actor`: `minch::Client` with a handler; the driver hands it the job as an `Info`
 //!   message and sends the first window with `SendFrame` to the address, then `handle_frame`
 //!   replies with the next message (`Reply::Send`) and reports the result over a channel;
-//! - `minch-simple`: `minch::connect` → `(Connection, Frames)`, `send_frame` / `receive_frame`;
+//! - `minch-simple`: `minch::connect` → `(Connection, Frames)`, the `Connection` as a `Sink`
+//!   of frames (`feed`, `flush`) and `Frames` as a `Stream` (`next`, `now_or_never` to see
+//!   whether an echo is ready);
+//! - `minch-blocking`: `minch::blocking::connect` on threads of its own, one producer and one
+//!   consumer: the producer sends as many messages as the window has room for with one
+//!   `send_frames`, the consumer takes the echoes with `receive_frame` (blocking for one, then
+//!   whatever else is ready) and hands the window's credits back in bulk; the runtime only
+//!   awaits the result. Its fanout connects and echoes from `concurrency` worker threads
+//!   (whose leftovers count in its memory per connection);
 //! - `raw-awc`: `awc` `ws(url).connect()` and its `Framed` sink and stream (frame limit raised
 //!   to 16 MiB; one `awc::Client` with `Connector::limit(0)`, since awc's default pool of 100
 //!   would stall the fanout);
@@ -222,7 +230,7 @@ impl Sizes {
 fn usage() -> ! {
     eprintln!(
         "usage:\n  bench [--quick] [--runs N] [--scenario rtt,pipeline,bulk,fragmented,fanout]\n        \
-         [--clients minch-actor,minch-simple,raw-awc,tokio-tungstenite] [--pin both|on|off]\n        \
+         [--clients minch-actor,minch-simple,minch-blocking,raw-awc,tokio-tungstenite] [--pin both|on|off]\n        \
          [--conns N] [--raw] [--url ws://HOST:PORT/ (a running bench server)]\n  \
          bench server [--port P]\n  \
          bench fanout --client NAME --url URL --conns N --echoes K --concurrency C"

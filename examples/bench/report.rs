@@ -187,16 +187,19 @@ impl Results {
     }
 }
 
-/// The ratio columns: minch's clients over the baselines.
+/// The ratio columns: minch's actor and simple clients over the baselines, then minch's simple
+/// and blocking APIs over its actor.
 fn ratio_pairs(clients: &[ClientKind]) -> Vec<(ClientKind, ClientKind)> {
+    use ClientKind::{MinchActor, MinchBlocking, MinchSimple, RawAwc, Tungstenite};
     let mut pairs = Vec::new();
-    for minch in [ClientKind::MinchActor, ClientKind::MinchSimple] {
-        for base in [ClientKind::RawAwc, ClientKind::Tungstenite] {
-            if clients.contains(&minch) && clients.contains(&base) {
-                pairs.push((minch, base));
-            }
+    for minch in [MinchActor, MinchSimple] {
+        for base in [RawAwc, Tungstenite] {
+            pairs.push((minch, base));
         }
     }
+    pairs.push((MinchSimple, MinchActor));
+    pairs.push((MinchBlocking, MinchActor));
+    pairs.retain(|(of, over)| clients.contains(of) && clients.contains(over));
     pairs
 }
 
@@ -218,6 +221,7 @@ enum Target {
     },
 }
 
+/// The targets against the baselines, for one of minch's clients.
 fn targets(of: ClientKind) -> Vec<Target> {
     use ClientKind::{RawAwc, Tungstenite};
     let ratio = |scenario, metric, over, min| Target::Ratio {
@@ -242,6 +246,23 @@ fn targets(of: ClientKind) -> Vec<Target> {
     ]
 }
 
+/// The targets of minch's simple and blocking APIs against its actor (issue 10).
+fn api_targets() -> Vec<Target> {
+    use ClientKind::{MinchActor, MinchBlocking, MinchSimple};
+    let ratio = |scenario, of, min| Target::Ratio {
+        scenario,
+        metric: Metric::MsgsPerSec,
+        of,
+        over: MinchActor,
+        min,
+    };
+    vec![
+        ratio("pipeline", MinchSimple, 0.90),
+        ratio("rtt", MinchSimple, 0.95),
+        ratio("pipeline", MinchBlocking, 0.50),
+    ]
+}
+
 pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, quick: bool) {
     let pairs = ratio_pairs(clients);
     let rows = results.rows();
@@ -252,14 +273,20 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
          [2 cpus]/others: unpinned."
     );
     println!(
-        "Ratios are minch / baseline of the medians (throughput: higher is better; latency and \
+        "Ratios are minch / baseline of the medians, and simple/actor, blocking/actor: minch's \
+         simple and blocking APIs over its actor (throughput: higher is better; latency and \
          memory: lower is better). MB = 10^6 bytes of echoed payload."
     );
     println!();
 
     let label_width = 36;
     let col = 18;
-    let ratio_col = 12;
+    let ratio_col = pairs
+        .iter()
+        .map(|(of, over)| of.short().len() + over.short().len() + 3)
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let mut header = format!("{:<label_width$}", "scenario / metric");
     for client in clients {
         header += &format!("{:>col$}", client.name());
@@ -331,6 +358,7 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
     } else {
         println!("Targets:");
     }
+    let mut all_targets: Vec<(Target, &str)> = Vec::new();
     for of in [ClientKind::MinchActor, ClientKind::MinchSimple] {
         if !clients.contains(&of) {
             continue;
@@ -340,70 +368,80 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
         } else {
             "  (informational)"
         };
-        for target in targets(of) {
-            match target {
-                Target::Ratio {
-                    scenario,
-                    metric,
-                    of,
-                    over,
-                    min,
-                } => {
-                    for row in rows.iter().filter(|row| row.scenario == scenario) {
-                        let (a, Some(b)) = (
-                            results.median(row, of, metric),
-                            results.median(row, over, metric),
-                        ) else {
-                            continue;
-                        };
-                        let Some(a) = a else {
-                            println!(
-                                "  MISS  {:<22} {} {}: no result, every attempt failed{note}",
-                                row.label(),
-                                metric.name(),
-                                of.name()
-                            );
-                            continue;
-                        };
-                        let ratio = a / b;
+        all_targets.extend(targets(of).into_iter().map(|target| (target, note)));
+    }
+    all_targets.extend(
+        api_targets()
+            .into_iter()
+            .filter(|target| match target {
+                Target::Ratio { of, over, .. } => clients.contains(of) && clients.contains(over),
+                Target::AtMost { of, .. } => clients.contains(of),
+            })
+            .map(|target| (target, "")),
+    );
+    for (target, note) in all_targets {
+        match target {
+            Target::Ratio {
+                scenario,
+                metric,
+                of,
+                over,
+                min,
+            } => {
+                for row in rows.iter().filter(|row| row.scenario == scenario) {
+                    let (a, Some(b)) = (
+                        results.median(row, of, metric),
+                        results.median(row, over, metric),
+                    ) else {
+                        continue;
+                    };
+                    let Some(a) = a else {
                         println!(
-                            "  {:<5} {:<22} {} {} / {} = {:.3}x (target >= {:.2}x){note}",
-                            if ratio >= min { "PASS" } else { "MISS" },
+                            "  MISS  {:<22} {} {}: no result, every attempt failed{note}",
                             row.label(),
                             metric.name(),
-                            of.name(),
-                            over.name(),
-                            ratio,
-                            min
+                            of.name()
                         );
-                    }
+                        continue;
+                    };
+                    let ratio = a / b;
+                    println!(
+                        "  {:<5} {:<22} {} {} / {} = {:.3}x (target >= {:.2}x){note}",
+                        if ratio >= min { "PASS" } else { "MISS" },
+                        row.label(),
+                        metric.name(),
+                        of.name(),
+                        over.name(),
+                        ratio,
+                        min
+                    );
                 }
-                Target::AtMost {
-                    scenario,
-                    metric,
-                    of,
-                    max,
-                } => {
-                    for row in rows.iter().filter(|row| row.scenario == scenario) {
-                        let Some(value) = results.median(row, of, metric) else {
-                            println!(
-                                "  MISS  {:<22} {} {}: no result, every attempt failed{note}",
-                                row.label(),
-                                metric.name(),
-                                of.name()
-                            );
-                            continue;
-                        };
+            }
+            Target::AtMost {
+                scenario,
+                metric,
+                of,
+                max,
+            } => {
+                for row in rows.iter().filter(|row| row.scenario == scenario) {
+                    let Some(value) = results.median(row, of, metric) else {
                         println!(
-                            "  {:<5} {:<22} {} {} = {:.1} (target <= {:.1}){note}",
-                            if value <= max { "PASS" } else { "MISS" },
+                            "  MISS  {:<22} {} {}: no result, every attempt failed{note}",
                             row.label(),
-                            of.name(),
                             metric.name(),
-                            value,
-                            max
+                            of.name()
                         );
-                    }
+                        continue;
+                    };
+                    println!(
+                        "  {:<5} {:<22} {} {} = {:.1} (target <= {:.1}){note}",
+                        if value <= max { "PASS" } else { "MISS" },
+                        row.label(),
+                        of.name(),
+                        metric.name(),
+                        value,
+                        max
+                    );
                 }
             }
         }

@@ -1,8 +1,9 @@
-//! minch's simple API: `minch::connect` → `(Connection, Frames)`; `send_frame` resolves once
-//! the frame is written, `receive_frame` waits for the next one.
+//! minch's simple API: `minch::connect` → `(Connection, Frames)`, used as a `Sink` and a
+//! `Stream` of frames: `feed` queues a frame in the handle, `flush` hands every fed frame to the
+//! connection as one message and resolves once they are written, and the next frame of the
+//! `Frames` stream is the next echo.
 
-use std::time::Duration;
-
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use minch::{ConnectOptions, Connection, Frame, Frames};
 
 use super::{EchoConn, Payload};
@@ -12,7 +13,20 @@ pub struct SimpleConn {
     frames: Frames,
 }
 
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+impl SimpleConn {
+    /// The payload length of a data frame; `None` for the others (pongs), which are skipped.
+    fn data_len(frame: Option<Frame>, frames: &Frames) -> Option<Result<usize, String>> {
+        match frame {
+            Some(Frame::Text(text)) => Some(Ok(text.len())),
+            Some(Frame::Binary(data)) => Some(Ok(data.len())),
+            Some(_) => None,
+            None => Some(Err(match frames.end() {
+                Some(reason) => format!("the connection ended: {reason}"),
+                None => "the connection ended".to_owned(),
+            })),
+        }
+    }
+}
 
 impl EchoConn for SimpleConn {
     async fn connect(url: &str) -> Result<Self, String> {
@@ -32,23 +46,32 @@ impl EchoConn for SimpleConn {
             Payload::Binary(data) => Frame::Binary(data.clone()),
         };
         self.connection
-            .send_frame(frame)
+            .feed(frame)
             .await
             .map_err(|error| error.to_string())
     }
 
     async fn flush(&mut self) -> Result<(), String> {
-        // send_frame has written the frame already.
-        Ok(())
+        self.connection
+            .flush()
+            .await
+            .map_err(|error| error.to_string())
     }
 
     async fn recv(&mut self) -> Result<usize, String> {
         loop {
-            match self.frames.receive_frame(RECEIVE_TIMEOUT).await {
-                Ok(Frame::Text(text)) => return Ok(text.len()),
-                Ok(Frame::Binary(data)) => return Ok(data.len()),
-                Ok(_) => continue,
-                Err(error) => return Err(error.to_string()),
+            let frame = self.frames.next().await;
+            if let Some(result) = Self::data_len(frame, &self.frames) {
+                return result;
+            }
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Result<usize, String>> {
+        loop {
+            let frame = self.frames.next().now_or_never()?;
+            if let Some(result) = Self::data_len(frame, &self.frames) {
+                return Some(result);
             }
         }
     }

@@ -2,10 +2,12 @@
 //!
 //! The stream-shaped clients (raw awc, tokio-tungstenite, minch's simple API) implement
 //! [`EchoConn`] and share [`echo_job`] and [`fanout_streams`], so they run the very same loop.
-//! The minch actor is callback-driven and has its own module.
+//! The minch actor is callback-driven and has its own module; so has minch's blocking API, run
+//! by a producer thread and a consumer thread.
 
 mod awc_raw;
 mod minch_actor;
+mod minch_blocking;
 mod minch_simple;
 mod tungstenite;
 
@@ -24,6 +26,7 @@ use crate::sys;
 pub enum ClientKind {
     MinchActor,
     MinchSimple,
+    MinchBlocking,
     RawAwc,
     Tungstenite,
 }
@@ -33,6 +36,7 @@ impl ClientKind {
         match self {
             ClientKind::MinchActor => "minch-actor",
             ClientKind::MinchSimple => "minch-simple",
+            ClientKind::MinchBlocking => "minch-blocking",
             ClientKind::RawAwc => "raw-awc",
             ClientKind::Tungstenite => "tokio-tungstenite",
         }
@@ -42,6 +46,7 @@ impl ClientKind {
         match self {
             ClientKind::MinchActor => "actor",
             ClientKind::MinchSimple => "simple",
+            ClientKind::MinchBlocking => "blocking",
             ClientKind::RawAwc => "awc",
             ClientKind::Tungstenite => "tt",
         }
@@ -51,6 +56,7 @@ impl ClientKind {
         vec![
             ClientKind::MinchActor,
             ClientKind::MinchSimple,
+            ClientKind::MinchBlocking,
             ClientKind::RawAwc,
             ClientKind::Tungstenite,
         ]
@@ -133,6 +139,7 @@ pub async fn run_job(kind: ClientKind, url: &str, job: &Job) -> Result<JobResult
         match kind {
             ClientKind::MinchActor => minch_actor::run_job(url, job).await,
             ClientKind::MinchSimple => with_conn::<minch_simple::SimpleConn>(url, job).await,
+            ClientKind::MinchBlocking => minch_blocking::run_job(url, job).await,
             ClientKind::RawAwc => with_conn::<awc_raw::AwcConn>(url, job).await,
             ClientKind::Tungstenite => with_conn::<tungstenite::TtConn>(url, job).await,
         }
@@ -153,6 +160,7 @@ pub async fn fanout(
             ClientKind::MinchSimple => {
                 fanout_streams::<minch_simple::SimpleConn>(url, params).await
             }
+            ClientKind::MinchBlocking => minch_blocking::fanout(url, params).await,
             ClientKind::RawAwc => fanout_streams::<awc_raw::AwcConn>(url, params).await,
             ClientKind::Tungstenite => fanout_streams::<tungstenite::TtConn>(url, params).await,
         }
