@@ -32,6 +32,8 @@ pub(crate) struct Inbox {
     /// reads nothing. Kept outside the lock, so that the connection checks it per frame for
     /// the price of a load.
     paused: AtomicBool,
+    /// `State::end` is set: checked by every send through the [`Sink`](futures_util::Sink).
+    ended: AtomicBool,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -58,6 +60,7 @@ impl Inbox {
             state: Mutex::default(),
             arrived: Condvar::new(),
             paused: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
         })
@@ -100,6 +103,7 @@ impl Inbox {
             return;
         }
         state.end = Some(reason);
+        self.ended.store(true, Ordering::Release);
         let receiver = state.receiver.take();
         self.arrived.notify_all();
         drop(state);
@@ -110,7 +114,7 @@ impl Inbox {
 
     /// Whether the connection ended (frames may still wait to be taken).
     pub(crate) fn has_ended(&self) -> bool {
-        self.lock().end.is_some()
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Whether the connection may read another frame. If not, `waker` is woken once it may.

@@ -166,8 +166,8 @@ struct Outgoing {
     bytes: usize,
     in_flight: VecDeque<Pending<SendFrames>>,
     closing: Option<Pending<Close>>,
-    /// A flush error to report once the close that followed it is done.
-    close_error: Option<SendError>,
+    /// The close through the sink is done: closing again only reports what is in flight.
+    closed: bool,
 }
 
 /// A message to the connection's client, awaiting its answer.
@@ -318,8 +318,9 @@ impl std::fmt::Debug for Connection {
 /// while the handle holds [`max_buffered_bytes`](ConnectOptions::max_buffered_bytes) (or
 /// 4 096 frames) and an earlier batch is still being written, so a producer slows down to the
 /// server's pace; it fails with [`SendError::Stopped`] once the connection has ended.
-/// [`poll_close`](Sink::poll_close) flushes, then closes the connection with code 1000 and
-/// waits for the close handshake.
+/// [`poll_close`](Sink::poll_close) sends the fed frames and then a close with code 1000, waits
+/// for the close handshake (at most [`close_timeout`](ConnectOptions::close_timeout)), and
+/// reports whether every frame was written; closing again does no harm.
 impl Sink<Frame> for Connection {
     type Error = SendError;
 
@@ -357,14 +358,19 @@ impl Sink<Frame> for Connection {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         let this = self.get_mut();
         let outgoing = this.outgoing.get_mut();
-        if outgoing.closing.is_none() {
-            outgoing.close_error = ready!(outgoing.poll_flush(&this.shared.addr, cx)).err();
-            outgoing.closing = Some(Box::pin(this.shared.addr.send(Close)));
-        }
+        // The close goes behind the fed frames without waiting for them to be written: a
+        // server that stops reading holds the close up for at most `close_timeout`, after which
+        // the frames still unwritten are reported.
+        outgoing.hand_over(&this.shared.addr);
         if let Some(closing) = &mut outgoing.closing {
             let _ = ready!(closing.as_mut().poll(cx));
+        } else if !outgoing.closed {
+            outgoing.closing = Some(Box::pin(this.shared.addr.send(Close)));
+            return Pin::new(this).poll_close(cx);
         }
-        Poll::Ready(outgoing.close_error.take().map_or(Ok(()), Err))
+        outgoing.closing = None;
+        outgoing.closed = true;
+        outgoing.poll_in_flight(cx)
     }
 }
 
