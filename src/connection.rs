@@ -6,11 +6,11 @@
 //! (§5.5.3: answering only the latest ping is enough).
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::VecDeque,
     io,
     pin::Pin,
-    rc::Rc,
+    rc::{Rc, Weak},
     task::{Context, Poll, Waker},
     time::SystemTime,
 };
@@ -55,6 +55,77 @@ impl std::ops::AddAssign for Counters {
     }
 }
 
+/// A connection as the client holds it: the simple API's handles write into it directly, on the
+/// same thread, through a [`Published`] weak reference.
+pub(crate) type SharedConnection = Rc<RefCell<Connection>>;
+
+/// Where a client shows its current connection to the simple API's handles. Weak: the
+/// connection ends when the client drops it, whatever the handles do.
+#[derive(Default)]
+pub(crate) struct Published(RefCell<Weak<RefCell<Connection>>>);
+
+impl Published {
+    pub(crate) fn set(&self, conn: &SharedConnection) {
+        *self.0.borrow_mut() = Rc::downgrade(conn);
+    }
+
+    pub(crate) fn get(&self) -> Option<SharedConnection> {
+        self.0.borrow().upgrade()
+    }
+}
+
+/// How far the frames given to [`Connection::send`] and [`Connection::send_close`] have got,
+/// by number (the first is 1): what a simple API handle waits on. It outlives the connection,
+/// so that a handle learns what became of its frames after the connection is gone.
+#[derive(Default)]
+pub(crate) struct Progress {
+    accepted: Cell<u64>,
+    /// Frames up to this number have been written to the socket.
+    written: Cell<u64>,
+    /// Frames from this number on were refused: a close frame went ahead of them.
+    refused_from: Cell<Option<u64>>,
+    /// The connection is gone: frames not written by then never will be.
+    lost: Cell<bool>,
+    /// Tasks waiting for frames to be written or for room in the buffer.
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl Progress {
+    /// The number of the last frame accepted.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.get()
+    }
+
+    /// What became of frame `number`, once known.
+    pub(crate) fn outcome(&self, number: u64) -> Option<Result<(), SendError>> {
+        if self.refused_from.get().is_some_and(|from| number >= from) {
+            // Refused frames are the last ones accepted: none are after them.
+            Some(Err(SendError::Closing))
+        } else if self.written.get() >= number {
+            Some(Ok(()))
+        } else if self.lost.get() {
+            Some(Err(SendError::ConnectionLost))
+        } else {
+            None
+        }
+    }
+
+    /// Wakes `waker` at the next change: frames written or refused, the connection gone.
+    pub(crate) fn wait(&self, waker: &Waker) {
+        let mut waiting = self.waiting.borrow_mut();
+        if !waiting.iter().any(|waiting| waiting.will_wake(waker)) {
+            waiting.push(waker.clone());
+        }
+    }
+
+    fn wake_all(&self) {
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+}
+
 pub(crate) struct Connection {
     pub(crate) transport: Transport,
     /// Which of the client's attempts opened it: its driver polls this one only.
@@ -79,6 +150,7 @@ pub(crate) struct Connection {
     /// what it holds).
     buffered: usize,
     max_buffered: usize,
+    progress: Rc<Progress>,
 }
 
 impl Connection {
@@ -96,7 +168,13 @@ impl Connection {
             backlog: VecDeque::new(),
             buffered: 0,
             max_buffered,
+            progress: Rc::default(),
         }
+    }
+
+    /// How far the frames sent on this connection have got.
+    pub(crate) fn progress(&self) -> &Rc<Progress> {
+        &self.progress
     }
 
     /// Whether new frames would be held back.
@@ -131,13 +209,16 @@ impl Connection {
     }
 
     fn buffer_or_hold_back(&mut self, frame: Frame) -> Result<Sent, SendError> {
-        if self.is_full() {
+        let sent = if self.is_full() {
             let slot = Slot::default();
             self.backlog.push_back((frame, slot.clone()));
-            return Ok(Sent::HeldBack(slot));
-        }
-        self.encode(frame)?;
-        Ok(Sent::Buffered)
+            Sent::HeldBack(slot)
+        } else {
+            self.encode(frame)?;
+            Sent::Buffered
+        };
+        self.progress.accepted.set(self.progress.accepted.get() + 1);
+        Ok(sent)
     }
 
     /// Puts a keepalive ping in the write buffer ahead of any held-back data (RFC 6455 §5.4
@@ -180,6 +261,11 @@ impl Connection {
         self.write_owed_pong();
         let _ = self.encode(Frame::Close(Some(close)));
         self.close_queued = true;
+        if !self.backlog.is_empty() {
+            let first_held_back = self.progress.accepted.get() + 1 - self.backlog.len() as u64;
+            self.progress.refused_from.set(Some(first_held_back));
+            self.progress.wake_all();
+        }
         for (_, slot) in self.backlog.drain(..) {
             if let Some(sender) = slot.0.borrow_mut().take() {
                 let _ = sender.send(Err(refusal.clone()));
@@ -230,6 +316,12 @@ impl Connection {
                     Poll::Ready(Ok(())) => {
                         self.buffered = 0;
                         self.deliveries.complete_all(Ok(()));
+                        // Every frame accepted and not held back was in the buffer.
+                        let held_back = self.backlog.len() as u64;
+                        self.progress
+                            .written
+                            .set(self.progress.accepted.get() - held_back);
+                        self.progress.wake_all();
                         if self.pending_pong.is_some() {
                             continue;
                         }
@@ -252,6 +344,11 @@ impl Connection {
                     self.write_owed_pong();
                 }
                 let result = self.encode(frame);
+                if result.is_err() {
+                    // Numbered frames are written in order: after a gap, none can be vouched for.
+                    self.progress.lost.set(true);
+                    self.progress.wake_all();
+                }
                 let waiting = slot.0.borrow_mut().take();
                 match (result, waiting) {
                     (Ok(()), Some(sender)) => self.deliveries.push(sender),
@@ -287,9 +384,9 @@ impl Connection {
     }
 }
 
-impl Link for Box<Connection> {
+impl Link for SharedConnection {
     fn frames_in(&self) -> u64 {
-        self.counters.frames_in
+        self.borrow().counters.frames_in
     }
 }
 
@@ -299,6 +396,8 @@ impl Drop for Connection {
         self.wake_driver();
         // Frames not yet written never will be: their senders must hear so.
         self.deliveries.complete_all(Err(SendError::ConnectionLost));
+        self.progress.lost.set(true);
+        self.progress.wake_all();
         for (_, slot) in self.backlog.drain(..) {
             if let Some(sender) = slot.0.borrow_mut().take() {
                 let _ = sender.send(Err(SendError::ConnectionLost));

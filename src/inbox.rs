@@ -14,7 +14,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Condvar, Mutex, MutexGuard,
     },
     task::{Context, Poll, Waker},
@@ -34,6 +34,10 @@ pub(crate) struct Inbox {
     paused: AtomicBool,
     /// `State::end` is set: checked by every send through the [`Sink`](futures_util::Sink).
     ended: AtomicBool,
+    /// Frames the async receiver moved out in a batch and has not handed to the program yet:
+    /// they still count against the limits. Only that receiver (one task) changes them.
+    held_messages: AtomicUsize,
+    held_bytes: AtomicUsize,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -61,6 +65,8 @@ impl Inbox {
             arrived: Condvar::new(),
             paused: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            held_messages: AtomicUsize::new(0),
+            held_bytes: AtomicUsize::new(0),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
         })
@@ -82,7 +88,8 @@ impl Inbox {
         }
         state.bytes += frame.payload_len();
         state.frames.push_back(frame);
-        if state.frames.len() >= self.max_messages || state.bytes >= self.max_bytes {
+        let (messages, bytes) = self.queued(&state);
+        if messages >= self.max_messages || bytes >= self.max_bytes {
             self.paused.store(true, Ordering::Release);
         }
         let receiver = state.receiver.take();
@@ -93,6 +100,48 @@ impl Inbox {
         if let Some(waker) = receiver {
             waker.wake();
         }
+    }
+
+    /// Queues the frames the connection read in one pass (`bytes` of payload), in one go. The
+    /// connection reads no more than [`room`](Self::room) allowed.
+    pub(crate) fn push_all(&self, frames: &mut Vec<Frame>, bytes: usize) {
+        let mut state = self.lock();
+        if state.abandoned || state.end.is_some() {
+            frames.clear();
+            return;
+        }
+        state.bytes += bytes;
+        state.frames.extend(frames.drain(..));
+        let (messages, bytes) = self.queued(&state);
+        if messages >= self.max_messages || bytes >= self.max_bytes {
+            self.paused.store(true, Ordering::Release);
+        }
+        let receiver = state.receiver.take();
+        if state.sleepers > 0 {
+            self.arrived.notify_all();
+        }
+        drop(state);
+        if let Some(waker) = receiver {
+            waker.wake();
+        }
+    }
+
+    /// How many messages and payload bytes the connection may read before the queue is full
+    /// (it may read a message while under both; the last may take the bytes over); `None`
+    /// while reading is paused, and then `waker` is woken once it may read again.
+    pub(crate) fn room(&self, waker: &Waker) -> Option<(usize, usize)> {
+        if !self.reading_allowed(waker) {
+            return None;
+        }
+        let state = self.lock();
+        if state.abandoned {
+            return Some((usize::MAX, usize::MAX));
+        }
+        let (messages, bytes) = self.queued(&state);
+        Some((
+            self.max_messages.saturating_sub(messages).max(1),
+            self.max_bytes.saturating_sub(bytes).max(1),
+        ))
     }
 
     /// The connection has ended: receivers get `reason` once they have taken every frame.
@@ -139,38 +188,84 @@ impl Inbox {
         self.paused.load(Ordering::Acquire)
     }
 
+    /// Messages and payload bytes not yet handed to the program.
+    fn queued(&self, state: &State) -> (usize, usize) {
+        (
+            state.frames.len() + self.held_messages.load(Ordering::Acquire),
+            state.bytes + self.held_bytes.load(Ordering::Acquire),
+        )
+    }
+
+    /// Lets the connection read again once the queue is down to half of both limits.
+    fn resume_if_room(&self, state: &mut State) {
+        if !self.paused.load(Ordering::Relaxed) {
+            return;
+        }
+        let (messages, bytes) = self.queued(state);
+        if messages <= self.max_messages / 2 && bytes <= self.max_bytes / 2 {
+            self.paused.store(false, Ordering::Release);
+            if let Some(reader) = state.reader.take() {
+                reader.wake();
+            }
+        }
+    }
+
     /// Takes the next frame; `Err` with the end once every frame was taken.
     fn take(&self, state: &mut State) -> Option<Result<Frame, DisconnectReason>> {
         match state.frames.pop_front() {
             Some(frame) => {
                 state.bytes -= frame.payload_len();
-                if self.paused.load(Ordering::Relaxed)
-                    && state.frames.len() <= self.max_messages / 2
-                    && state.bytes <= self.max_bytes / 2
-                {
-                    self.paused.store(false, Ordering::Release);
-                    if let Some(reader) = state.reader.take() {
-                        reader.wake();
-                    }
-                }
+                self.resume_if_room(state);
                 Some(Ok(frame))
             }
             None => state.end.clone().map(Err),
         }
     }
 
-    /// The async receiver: the next frame, or the end.
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<Frame, DisconnectReason>> {
+    /// The async receiver: moves every queued frame into `batch` (which must be empty), one
+    /// lock for many frames; each is to be reported with [`handed_over`](Self::handed_over)
+    /// as the program takes it. `Err` with the end once every frame was taken.
+    pub(crate) fn poll_refill(
+        &self,
+        batch: &mut VecDeque<Frame>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), DisconnectReason>> {
+        debug_assert!(batch.is_empty());
         let mut state = self.lock();
-        match self.take(&mut state) {
-            Some(taken) => Poll::Ready(taken),
-            None => {
-                match &state.receiver {
-                    Some(receiver) if receiver.will_wake(cx.waker()) => {}
-                    _ => state.receiver = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
+        if !state.frames.is_empty() {
+            self.held_messages.store(
+                self.held_messages.load(Ordering::Relaxed) + state.frames.len(),
+                Ordering::Release,
+            );
+            self.held_bytes.store(
+                self.held_bytes.load(Ordering::Relaxed) + state.bytes,
+                Ordering::Release,
+            );
+            state.bytes = 0;
+            // The emptied batch's allocation becomes the queue's.
+            std::mem::swap(&mut state.frames, batch);
+            return Poll::Ready(Ok(()));
+        }
+        self.resume_if_room(&mut state);
+        if let Some(end) = &state.end {
+            return Poll::Ready(Err(end.clone()));
+        }
+        match &state.receiver {
+            Some(receiver) if receiver.will_wake(cx.waker()) => {}
+            _ => state.receiver = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The async receiver handed one frame of its batch (of `bytes` payload) to the program.
+    pub(crate) fn handed_over(&self, bytes: usize) {
+        // Only the async receiver changes these: a load and a store, no read-modify-write.
+        let messages = self.held_messages.load(Ordering::Relaxed);
+        self.held_messages.store(messages - 1, Ordering::Release);
+        let held_bytes = self.held_bytes.load(Ordering::Relaxed);
+        self.held_bytes.store(held_bytes - bytes, Ordering::Release);
+        if self.paused.load(Ordering::Acquire) {
+            self.resume_if_room(&mut self.lock());
         }
     }
 
@@ -206,6 +301,8 @@ impl Inbox {
         state.abandoned = true;
         state.frames = VecDeque::new();
         state.bytes = 0;
+        self.held_messages.store(0, Ordering::Release);
+        self.held_bytes.store(0, Ordering::Release);
         self.paused.store(false, Ordering::Release);
         let reader = state.reader.take();
         drop(state);
@@ -282,6 +379,24 @@ mod tests {
         ]
     }
 
+    /// What `simple::Frames` does: a batch at a time from the queue, handed over one by one.
+    fn take_async(
+        inbox: &Inbox,
+        batch: &mut VecDeque<Frame>,
+    ) -> Option<Result<Frame, DisconnectReason>> {
+        if batch.is_empty() {
+            let mut cx = Context::from_waker(Waker::noop());
+            match inbox.poll_refill(batch, &mut cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(end)) => return Some(Err(end)),
+                Poll::Pending => return None,
+            }
+        }
+        let frame = batch.pop_front()?;
+        inbox.handed_over(frame.payload_len());
+        Some(Ok(frame))
+    }
+
     fn frame(number: u32, len: usize) -> Frame {
         let mut payload = number.to_be_bytes().to_vec();
         payload.resize(len.max(4), 0);
@@ -302,9 +417,11 @@ mod tests {
         fn the_queue_keeps_order_bounds_and_wakes(
             max_messages in 1usize..8,
             max_bytes in 1usize..120,
+            async_receiver in any::<bool>(),
             steps in proptest::collection::vec(step(), 1..80),
         ) {
             let inbox = Inbox::new(max_messages, max_bytes);
+            let mut batch = VecDeque::new();
             let reader = Arc::new(CountingWaker::default());
             let reader_waker = Waker::from(reader.clone());
             let mut pushed = 0u32;
@@ -333,7 +450,12 @@ mod tests {
                     Step::Take => {
                         let wakes = reader.0.load(Ordering::SeqCst);
                         let was_paused = inbox.is_paused();
-                        match inbox.take_within(Duration::ZERO) {
+                        let taken = if async_receiver {
+                            take_async(&inbox, &mut batch)
+                        } else {
+                            inbox.take_within(Duration::ZERO)
+                        };
+                        match taken {
                             Some(Ok(frame)) => {
                                 prop_assert!(!abandoned);
                                 prop_assert_eq!(Some(number(&frame)), expected.pop_front());
@@ -358,6 +480,7 @@ mod tests {
                         inbox.abandon();
                         abandoned = true;
                         expected.clear();
+                        batch.clear();
                         prop_assert!(!inbox.is_paused());
                         if reader_waiting {
                             prop_assert_eq!(reader.0.load(Ordering::SeqCst), wakes + 1);
@@ -370,9 +493,17 @@ mod tests {
                     state.bytes,
                     state.frames.iter().map(Frame::payload_len).sum::<usize>()
                 );
-                prop_assert!(state.frames.len() <= max_messages);
-                prop_assert!(state.bytes < max_bytes + max_frame.max(1));
-                let over = state.frames.len() >= max_messages || state.bytes >= max_bytes;
+                let (messages, bytes) = inbox.queued(&state);
+                if !abandoned {
+                    prop_assert_eq!(messages, state.frames.len() + batch.len());
+                    prop_assert_eq!(
+                        bytes,
+                        state.bytes + batch.iter().map(Frame::payload_len).sum::<usize>()
+                    );
+                }
+                prop_assert!(messages <= max_messages);
+                prop_assert!(bytes < max_bytes + max_frame.max(1));
+                let over = messages >= max_messages || bytes >= max_bytes;
                 if over && !abandoned {
                     prop_assert!(inbox.is_paused() || finished);
                 }

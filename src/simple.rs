@@ -7,13 +7,13 @@
 //! [`Frames`] reports why.
 
 use std::{
-    cell::RefCell,
+    cell::Cell,
     collections::VecDeque,
     future::{poll_fn, Future as _},
     pin::Pin,
     rc::Rc,
     sync::Arc,
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
     time::Duration,
 };
 
@@ -22,7 +22,8 @@ use futures_util::{Sink, Stream};
 use tokio::sync::oneshot;
 
 use crate::{
-    client::{Client, Close, GetStats, SendFrame, SendFrames, Stats, TrySendFrame},
+    client::{Client, Close, GetStats, SendFrame, Stats},
+    connection::{Progress, Published},
     error::SendError,
     frame::Frame,
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
@@ -80,15 +81,16 @@ where
 pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames), Error> {
     let options = &request.options;
     let inbox = Inbox::new(options.max_queue, options.max_queue_bytes);
-    let batch_bytes = options.max_buffered_bytes;
+    let published = Rc::new(Published::default());
     let (opened_tx, opened) = oneshot::channel();
-    let addr = Client::start_with_queue(
+    let addr = Client::start_simple(
         Forwarder {
             request: Some(request),
             opened: Some(opened_tx),
             inbox: inbox.clone(),
         },
         inbox.clone(),
+        published.clone(),
     );
     match opened.await {
         Ok(Ok(response)) => Ok((
@@ -97,12 +99,16 @@ pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames)
                     addr,
                     response,
                     inbox: inbox.clone(),
-                    batch_bytes,
+                    published,
+                    closing: Cell::new(false),
                 }),
-                outgoing: RefCell::default(),
+                fed: None,
+                closes: VecDeque::new(),
+                closing: None,
             },
             Frames {
                 receiver: Receiver(inbox),
+                batch: VecDeque::new(),
                 end: None,
             },
         )),
@@ -118,9 +124,8 @@ pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames)
 ///
 /// Send one frame at a time with [`send_frame`](Self::send_frame), or many with
 /// [`send_frames`](Self::send_frames) or the [`Sink`] implementation:
-/// [`feed`](futures_util::SinkExt::feed) queues frames in the handle and
-/// [`flush`](futures_util::SinkExt::flush) hands them to the connection in one message and
-/// resolves once they were written to the socket.
+/// [`feed`](futures_util::SinkExt::feed) puts frames in the connection's write buffer and
+/// [`flush`](futures_util::SinkExt::flush) resolves once they were written to the socket.
 ///
 /// ```no_run
 /// use futures_util::SinkExt as _;
@@ -135,21 +140,28 @@ pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames)
 /// # }
 /// ```
 ///
-/// Each clone has its own queue of fed frames; `send_frame`, `send_frames`, `try_send_frame`
-/// and `close` on a handle send the frames fed to it (and not flushed yet) first, in order.
-/// Whether those were written, its next flush reports.
+/// The handle writes into the connection directly (it runs on the same thread), so frames go
+/// out in the order they were given, whichever method and clone gave them. A close frame
+/// (or [`close`](Self::close)) goes through the client, which runs the close handshake; frames
+/// given after it fail with [`SendError::Closing`].
 pub struct Connection {
     shared: Rc<Shared>,
-    outgoing: RefCell<Outgoing>,
+    /// The last frame fed through the [`Sink`] and not flushed yet.
+    fed: Option<Ticket>,
+    /// Close frames fed through the [`Sink`], on their way through the client.
+    closes: VecDeque<Pending<SendFrame>>,
+    /// The close begun by [`Sink::poll_close`].
+    closing: Option<Pending<Close>>,
 }
 
 struct Shared {
     addr: Addr<Client<Forwarder>>,
     response: Response,
     inbox: Arc<Inbox>,
-    /// A handle hands its fed frames over once they reach this many bytes (the connection's
-    /// `max_buffered_bytes`).
-    batch_bytes: usize,
+    /// The client's open connection, which the handles write into.
+    published: Rc<Published>,
+    /// A close was asked for through a handle: nothing may be sent after it.
+    closing: Cell<bool>,
 }
 
 impl Drop for Shared {
@@ -158,58 +170,113 @@ impl Drop for Shared {
     }
 }
 
-/// One handle's frames fed and not handed over yet, and the batches handed over and not
-/// known written yet.
-#[derive(Default)]
-struct Outgoing {
-    batch: Vec<Frame>,
-    bytes: usize,
-    in_flight: VecDeque<Pending<SendFrames>>,
-    closing: Option<Pending<Close>>,
-    /// The close through the sink is done: closing again only reports what is in flight.
-    closed: bool,
-}
-
 /// A message to the connection's client, awaiting its answer.
 type Pending<M> = Pin<Box<Request<Client<Forwarder>, M>>>;
 
-/// Hand over a handle's fed frames once this many are waiting, whatever their size.
-const BATCH_FRAMES: usize = 4096;
+/// A frame handed to the connection: its number, to learn when it was written.
+struct Ticket {
+    progress: Rc<Progress>,
+    number: u64,
+}
 
-/// Bytes a frame adds to the outgoing buffer beyond its payload, at most.
-const FRAME_OVERHEAD: usize = 14;
-
-impl Outgoing {
-    /// Hands the fed frames to the connection, to be tracked until written.
-    fn hand_over(&mut self, addr: &Addr<Client<Forwarder>>) {
-        if !self.batch.is_empty() {
-            let batch = std::mem::take(&mut self.batch);
-            self.bytes = 0;
-            self.in_flight
-                .push_back(Box::pin(addr.send(SendFrames(batch))));
+impl Shared {
+    /// Why nothing can be sent once the connection is gone.
+    fn gone(&self) -> SendError {
+        if self.inbox.has_ended() {
+            SendError::Stopped
+        } else {
+            SendError::ConnectionLost
         }
     }
 
-    /// Waits for every batch handed over; the first error, if any.
-    fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        while let Some(request) = self.in_flight.front_mut() {
-            let result = ready!(request.as_mut().poll(cx));
-            self.in_flight.pop_front();
-            if let Err(error) = result.unwrap_or(Err(SendError::Stopped)) {
-                return Poll::Ready(Err(error));
+    /// Puts a data or ping/pong frame in the connection's write buffer (or holds it back in
+    /// order, when the buffer is full and `wait_for_room`).
+    fn hand_over(&self, frame: Frame, wait_for_room: bool) -> Result<Ticket, SendError> {
+        let conn = self.published.get().ok_or_else(|| self.gone())?;
+        if self.closing.get() {
+            return Err(SendError::Closing);
+        }
+        let mut conn = conn.borrow_mut();
+        if !wait_for_room && conn.is_full() {
+            return Err(SendError::BufferFull);
+        }
+        conn.send(frame)?;
+        Ok(Ticket {
+            progress: conn.progress().clone(),
+            number: conn.progress().accepted(),
+        })
+    }
+
+    /// Starts the close handshake through the client, with `frame` as the close frame.
+    fn send_close(&self, frame: Frame) -> Pending<SendFrame> {
+        self.closing.set(true);
+        Box::pin(self.addr.send(SendFrame(frame)))
+    }
+
+    /// Flushes the connection from this task if the socket takes it at once; otherwise leaves
+    /// it to the connection's driver, which alone waits for the socket to be writable.
+    fn flush_or_wake(&self) {
+        if let Some(conn) = self.published.get() {
+            let mut conn = conn.borrow_mut();
+            if !conn
+                .poll_flush(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+            {
+                conn.wake_driver();
             }
+            // An error is the driver's to find (the next read or write fails too) and report.
         }
-        Poll::Ready(Ok(()))
     }
 
-    fn poll_flush(
-        &mut self,
-        addr: &Addr<Client<Forwarder>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), SendError>> {
-        self.hand_over(addr);
-        self.poll_in_flight(cx)
+    /// Ready once the frame of `ticket` was written (or with what prevented it).
+    fn poll_written(&self, ticket: &Ticket, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        if let Some(outcome) = ticket.progress.outcome(ticket.number) {
+            return Poll::Ready(outcome);
+        }
+        self.flush_or_wake();
+        if let Some(outcome) = ticket.progress.outcome(ticket.number) {
+            return Poll::Ready(outcome);
+        }
+        ticket.progress.wait(cx.waker());
+        if let Some(conn) = self.published.get() {
+            conn.borrow().wake_driver();
+        }
+        Poll::Pending
     }
+
+    /// Ready while the connection's write buffer has room.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        let Some(conn) = self.published.get() else {
+            return Poll::Ready(Err(self.gone()));
+        };
+        if self.closing.get() {
+            return Poll::Ready(Err(SendError::Closing));
+        }
+        if !conn.borrow().is_full() {
+            return Poll::Ready(Ok(()));
+        }
+        self.flush_or_wake();
+        let conn = conn.borrow();
+        if !conn.is_full() {
+            return Poll::Ready(Ok(()));
+        }
+        conn.progress().wait(cx.waker());
+        conn.wake_driver();
+        Poll::Pending
+    }
+}
+
+/// Waits for every close frame sent through the client; the first error, if any.
+fn poll_closes(
+    closes: &mut VecDeque<Pending<SendFrame>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), SendError>> {
+    while let Some(request) = closes.front_mut() {
+        let result = ready!(request.as_mut().poll(cx));
+        closes.pop_front();
+        result.unwrap_or(Err(SendError::Stopped))?;
+    }
+    Poll::Ready(Ok(()))
 }
 
 impl Connection {
@@ -220,27 +287,35 @@ impl Connection {
     /// ended, [`SendError::ConnectionLost`] if it broke before the frame was written,
     /// [`SendError::InvalidFrame`] for frames that may not be sent.
     pub async fn send_frame(&self, frame: Frame) -> Result<(), SendError> {
-        self.hand_over_fed();
-        self.shared
-            .addr
-            .send(SendFrame(frame))
-            .await
-            .unwrap_or(Err(SendError::Stopped))
+        self.send_one(frame, true).await
     }
 
-    /// Sends several frames in order, as one message to the connection; resolves once the
-    /// last one has been written. See [`SendFrames`].
+    /// Sends several frames in order; resolves once the last one has been written. Cheaper
+    /// than a [`send_frame`](Self::send_frame) each: one wait for the whole batch.
     ///
     /// # Errors
     /// As [`send_frame`](Self::send_frame), for the first frame that failed; the frames after
     /// it were not sent. If any frame is invalid, none is sent.
     pub async fn send_frames(&self, frames: Vec<Frame>) -> Result<(), SendError> {
-        self.hand_over_fed();
-        self.shared
-            .addr
-            .send(SendFrames(frames))
-            .await
-            .unwrap_or(Err(SendError::Stopped))
+        if let Some(error) = frames
+            .iter()
+            .find_map(|frame| validate_outgoing(frame).err())
+        {
+            return Err(SendError::InvalidFrame(error));
+        }
+        let mut last = None;
+        let mut closes = VecDeque::new();
+        for frame in frames {
+            if matches!(frame, Frame::Close(_)) {
+                closes.push_back(self.shared.send_close(frame));
+            } else {
+                last = Some(self.shared.hand_over(frame, true)?);
+            }
+        }
+        if let Some(ticket) = last {
+            poll_fn(|cx| self.shared.poll_written(&ticket, cx)).await?;
+        }
+        poll_fn(|cx| poll_closes(&mut closes, cx)).await
     }
 
     /// Like [`send_frame`](Self::send_frame), but fails at once with
@@ -249,12 +324,20 @@ impl Connection {
     /// # Errors
     /// As [`send_frame`](Self::send_frame), plus [`SendError::BufferFull`].
     pub async fn try_send_frame(&self, frame: Frame) -> Result<(), SendError> {
-        self.hand_over_fed();
-        self.shared
-            .addr
-            .send(TrySendFrame(frame))
-            .await
-            .unwrap_or(Err(SendError::Stopped))
+        self.send_one(frame, false).await
+    }
+
+    async fn send_one(&self, frame: Frame, wait_for_room: bool) -> Result<(), SendError> {
+        validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
+        if matches!(frame, Frame::Close(_)) {
+            return self
+                .shared
+                .send_close(frame)
+                .await
+                .unwrap_or(Err(SendError::Stopped));
+        }
+        let ticket = self.shared.hand_over(frame, wait_for_room)?;
+        poll_fn(|cx| self.shared.poll_written(&ticket, cx)).await
     }
 
     /// The connection's state and traffic.
@@ -263,10 +346,10 @@ impl Connection {
     }
 
     /// Closes the connection with code 1000 and waits for the close handshake (at most
-    /// [`ConnectOptions::close_timeout`]). [`Frames`] then reports the end. Frames fed to this
-    /// handle and not flushed yet go before the close frame.
+    /// [`ConnectOptions::close_timeout`]). [`Frames`] then reports the end. Frames given before
+    /// go before the close frame.
     pub async fn close(&self) {
-        self.hand_over_fed();
+        self.shared.closing.set(true);
         let _ = self.shared.addr.send(Close).await;
     }
 
@@ -274,103 +357,90 @@ impl Connection {
     pub fn response(&self) -> &Response {
         &self.shared.response
     }
-
-    /// Frames fed through the [`Sink`] go before anything sent after them.
-    fn hand_over_fed(&self) {
-        self.outgoing.borrow_mut().hand_over(&self.shared.addr);
-    }
 }
 
 impl Clone for Connection {
-    /// Another handle to the same connection, with its own (empty) queue of fed frames.
+    /// Another handle to the same connection; its [`Sink`] flushes its own frames.
     fn clone(&self) -> Self {
         Connection {
             shared: self.shared.clone(),
-            outgoing: RefCell::default(),
+            fed: None,
+            closes: VecDeque::new(),
+            closing: None,
         }
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Fed frames are still sent (ahead of the close that dropping the last handle sends).
-        let batch = std::mem::take(&mut self.outgoing.get_mut().batch);
-        if !batch.is_empty() {
-            self.shared.addr.do_send(SendFrames(batch));
+        // Frames fed and not flushed are in the write buffer: have the driver write them.
+        if self.fed.is_some() {
+            if let Some(conn) = self.shared.published.get() {
+                conn.borrow().wake_driver();
+            }
         }
     }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let outgoing = self.outgoing.borrow();
         f.debug_struct("Connection")
-            .field("fed", &outgoing.batch.len())
-            .field("in_flight", &outgoing.in_flight.len())
+            .field("closing", &self.shared.closing.get())
             .field("ended", &self.shared.inbox.has_ended())
             .finish_non_exhaustive()
     }
 }
 
-/// Frames go out in batches: [`start_send`](Sink::start_send) queues a frame in the handle
-/// (checking it first), [`poll_flush`](Sink::poll_flush) hands the queue to the connection and
-/// is ready once every frame was written to the socket. [`poll_ready`](Sink::poll_ready) waits
-/// while the handle holds [`max_buffered_bytes`](ConnectOptions::max_buffered_bytes) (or
-/// 4 096 frames) and an earlier batch is still being written, so a producer slows down to the
-/// server's pace; it fails with [`SendError::Stopped`] once the connection has ended.
-/// [`poll_close`](Sink::poll_close) sends the fed frames and then a close with code 1000, waits
-/// for the close handshake (at most [`close_timeout`](ConnectOptions::close_timeout)), and
-/// reports whether every frame was written; closing again does no harm.
+/// Frames go straight into the connection's write buffer: [`start_send`](Sink::start_send)
+/// checks a frame and buffers it, [`poll_flush`](Sink::poll_flush) is ready once every frame
+/// fed was written to the socket. [`poll_ready`](Sink::poll_ready) waits while the buffer holds
+/// [`max_buffered_bytes`](ConnectOptions::max_buffered_bytes), so a producer slows down to the
+/// server's pace; it fails with [`SendError::Stopped`] once the connection has ended (or
+/// [`SendError::Closing`] once it is closing). A close frame starts the close handshake.
+/// [`poll_close`](Sink::poll_close) closes the connection with code 1000 behind the fed frames,
+/// waits for the close handshake (at most [`close_timeout`](ConnectOptions::close_timeout)),
+/// and reports whether every frame was written; closing again does no harm.
 impl Sink<Frame> for Connection {
     type Error = SendError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        let this = self.get_mut();
-        if this.shared.inbox.has_ended() {
-            return Poll::Ready(Err(SendError::Stopped));
-        }
-        let outgoing = this.outgoing.get_mut();
-        if outgoing.batch.len() >= BATCH_FRAMES || outgoing.bytes >= this.shared.batch_bytes {
-            // One batch being written while the next fills.
-            ready!(outgoing.poll_in_flight(cx))?;
-            outgoing.hand_over(&this.shared.addr);
-        }
-        Poll::Ready(Ok(()))
+        self.shared.poll_room(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Frame) -> Result<(), SendError> {
         let this = self.get_mut();
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        if this.shared.inbox.has_ended() {
-            return Err(SendError::Stopped);
+        if matches!(frame, Frame::Close(_)) {
+            let close = this.shared.send_close(frame);
+            this.closes.push_back(close);
+        } else {
+            this.fed = Some(this.shared.hand_over(frame, true)?);
         }
-        let outgoing = this.outgoing.get_mut();
-        outgoing.bytes += frame.payload_len() + FRAME_OVERHEAD;
-        outgoing.batch.push(frame);
         Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         let this = self.get_mut();
-        this.outgoing.get_mut().poll_flush(&this.shared.addr, cx)
+        if let Some(ticket) = &this.fed {
+            let written = ready!(this.shared.poll_written(ticket, cx));
+            this.fed = None;
+            written?;
+        }
+        poll_closes(&mut this.closes, cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         let this = self.get_mut();
-        let outgoing = this.outgoing.get_mut();
-        // The close goes behind the fed frames without waiting for them to be written: a
-        // server that stops reading holds the close up for at most `close_timeout`, after which
-        // the frames still unwritten are reported.
-        outgoing.hand_over(&this.shared.addr);
-        if let Some(closing) = &mut outgoing.closing {
-            let _ = ready!(closing.as_mut().poll(cx));
-        } else if !outgoing.closed {
-            outgoing.closing = Some(Box::pin(this.shared.addr.send(Close)));
-            return Pin::new(this).poll_close(cx);
+        if this.closing.is_none() && !this.shared.inbox.has_ended() {
+            this.shared.closing.set(true);
+            this.closing = Some(Box::pin(this.shared.addr.send(Close)));
         }
-        outgoing.closing = None;
-        outgoing.closed = true;
-        outgoing.poll_in_flight(cx)
+        if let Some(closing) = &mut this.closing {
+            let _ = ready!(closing.as_mut().poll(cx));
+            this.closing = None;
+        }
+        // The connection is gone or closed: every frame's fate is known by now.
+        Pin::new(this).poll_flush(cx)
     }
 }
 
@@ -384,6 +454,8 @@ impl Sink<Frame> for Connection {
 /// later.
 pub struct Frames {
     receiver: Receiver,
+    /// Frames taken from the queue in one go, handed to the program one by one.
+    batch: VecDeque<Frame>,
     end: Option<DisconnectReason>,
 }
 
@@ -426,7 +498,7 @@ impl Frames {
         if let Some(end) = &self.end {
             return Err(ReceiveError::Closed(end.clone()));
         }
-        let next = poll_fn(|cx| self.receiver.poll_take(cx));
+        let next = poll_fn(|cx| self.poll_take(cx));
         match actix_rt::time::timeout(timeout, next).await {
             Err(_) => Err(ReceiveError::Timeout),
             Ok(Ok(frame)) => Ok(frame),
@@ -437,12 +509,43 @@ impl Frames {
         }
     }
 
+    /// The next frame if one has arrived, without waiting: `Ok(None)` if none has.
+    ///
+    /// # Errors
+    /// [`ReceiveError::Closed`] once the connection has ended and every frame was received.
+    pub fn try_receive_frame(&mut self) -> Result<Option<Frame>, ReceiveError> {
+        if let Some(end) = &self.end {
+            return Err(ReceiveError::Closed(end.clone()));
+        }
+        match self.poll_take(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(frame)) => Ok(Some(frame)),
+            Poll::Ready(Err(reason)) => {
+                self.end = Some(reason.clone());
+                Err(ReceiveError::Closed(reason))
+            }
+            Poll::Pending => Ok(None),
+        }
+    }
+
     /// Why the connection ended, once it has and every frame was received.
     pub fn end(&self) -> Option<&DisconnectReason> {
         self.end.as_ref()
     }
 
-    /// The queue itself, for the blocking API's receiver.
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, DisconnectReason>> {
+        if self.batch.is_empty() {
+            ready!(self.receiver.poll_refill(&mut self.batch, cx))?;
+        }
+        match self.batch.pop_front() {
+            Some(frame) => {
+                self.receiver.handed_over(frame.payload_len());
+                Poll::Ready(Ok(frame))
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    /// The queue itself, for the blocking API's receiver (before any frame was taken).
     pub(crate) fn into_receiver(self) -> Receiver {
         self.receiver
     }
@@ -455,7 +558,7 @@ impl Stream for Frames {
         if self.end.is_some() {
             return Poll::Ready(None);
         }
-        match ready!(self.receiver.poll_take(cx)) {
+        match ready!(self.poll_take(cx)) {
             Ok(frame) => Poll::Ready(Some(frame)),
             Err(reason) => {
                 self.end = Some(reason);

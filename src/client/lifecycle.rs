@@ -257,6 +257,7 @@ impl<C: Link> Lifecycle<C> {
     }
 
     /// The connection, while there is one (open or closing).
+    #[cfg(test)]
     pub(crate) fn conn_mut(&mut self) -> Option<&mut C> {
         match &mut self.phase {
             Phase::Open { conn, .. } | Phase::Closing { conn, .. } => Some(conn),

@@ -29,7 +29,9 @@ mod lifecycle;
 mod timers;
 
 use std::{
+    cell::{RefCell, RefMut},
     pin::Pin,
+    rc::Rc,
     sync::Arc,
     task::{Context as TaskContext, Poll},
     time::{Duration, Instant, SystemTime},
@@ -41,7 +43,7 @@ use self::lifecycle::{deadline_after, Action, Lifecycle, Settings};
 pub use self::timers::TimerId;
 pub(crate) use self::{lifecycle::Link, timers::HandlerTimers};
 use crate::{
-    connection::{Connection, Counters, Deferred, Sent, Waiters},
+    connection::{Connection, Counters, Deferred, Published, Sent, SharedConnection, Waiters},
     error::SendError,
     frame::{CloseFrame, Frame},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
@@ -66,7 +68,7 @@ const FRAMES_PER_POLL: usize = 64;
 pub struct Client<H: MinchHandler> {
     /// `None` once `terminate` has run: the handler is dropped right after it.
     handler: Option<H>,
-    lifecycle: Lifecycle<Box<Connection>>,
+    lifecycle: Lifecycle<SharedConnection>,
     /// The handler's `send_info_after` messages: they outlive connections.
     timers: HandlerTimers<H::Info>,
     /// A stop asked for with [`ClientContext::stop`], carried out once the callback's reply is.
@@ -97,6 +99,13 @@ pub struct Client<H: MinchHandler> {
     /// The simple API's bounded queue of received frames: while it is full, the connection
     /// reads nothing.
     receive_queue: Option<Arc<Inbox>>,
+    /// Frames read in this pass of the driver, for the receive queue, and their payload bytes.
+    staged: Vec<Frame>,
+    staged_bytes: usize,
+    /// What the receive queue can take in this pass (messages, bytes).
+    room: Option<(usize, usize)>,
+    /// Where the simple API's handles find the open connection, to write into it directly.
+    published: Option<Rc<Published>>,
 }
 
 /// Sends a frame. Resolves once the frame has been written to the connection, or with the
@@ -211,10 +220,16 @@ impl<H: MinchHandler> Client<H> {
 
     /// Starts a client whose handler puts received frames in `queue`: while it is full, the
     /// connection reads nothing.
-    pub(crate) fn start_with_queue(handler: H, queue: Arc<Inbox>) -> Addr<Self> {
+    /// The connection it opens is published in `published`.
+    pub(crate) fn start_simple(
+        handler: H,
+        queue: Arc<Inbox>,
+        published: Rc<Published>,
+    ) -> Addr<Self> {
         Supervisor::start(move |_| {
             let mut client = Client::new(handler);
             client.receive_queue = Some(queue);
+            client.published = Some(published);
             client
         })
     }
@@ -237,6 +252,10 @@ impl<H: MinchHandler> Client<H> {
             past_traffic: Counters::default(),
             upgrades: 0,
             receive_queue: None,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            room: None,
+            published: None,
         }
     }
 
@@ -261,6 +280,8 @@ impl<H: MinchHandler> Client<H> {
     /// Carries out what the lifecycle asks, until it asks nothing more, then sets its timer.
     /// Every entry point (a message, the driver, a timer) ends here, through [`settle`](Self::settle).
     fn run(&mut self, ctx: &mut Context<Self>) {
+        // Frames read before whatever happened now come first (before an end, above all).
+        self.publish_received();
         loop {
             self.honour_stop_request();
             let Some(action) = self.lifecycle.next_action() else {
@@ -288,7 +309,7 @@ impl<H: MinchHandler> Client<H> {
         }
     }
 
-    fn execute(&mut self, action: Action<Box<Connection>>, ctx: &mut Context<Self>) {
+    fn execute(&mut self, action: Action<SharedConnection>, ctx: &mut Context<Self>) {
         match action {
             Action::Init => {
                 let result = self.callback(ctx, |handler, ctx| handler.init(ctx));
@@ -311,33 +332,36 @@ impl<H: MinchHandler> Client<H> {
                 self.apply(reply, ctx);
             }
             Action::SendClose(close) => {
-                if let Some(conn) = self.lifecycle.conn_mut() {
+                if let Some(conn) = self.lifecycle.conn() {
+                    let mut conn = conn.borrow_mut();
                     // Behind any held-back data, as a close the handler sends.
                     let _ = conn.send_close(close);
                     conn.wake_driver();
                 }
             }
             Action::EchoClose(code) => {
-                if let Some(conn) = self.lifecycle.conn_mut() {
+                if let Some(conn) = self.lifecycle.conn() {
+                    let mut conn = conn.borrow_mut();
                     conn.echo_close(code);
                     conn.wake_driver();
                 }
             }
             Action::Ping(payload) => {
-                if let Some(conn) = self.lifecycle.conn_mut() {
+                if let Some(conn) = self.lifecycle.conn() {
+                    let mut conn = conn.borrow_mut();
                     conn.send_ping(payload.to_vec().into());
                     conn.wake_driver();
                 }
             }
             Action::Fail {
-                mut conn,
+                conn,
                 error,
                 send_close,
             } => {
                 log::debug!("minch: failing the connection: {error}");
                 let close = send_close
                     .then(|| CloseFrame::new(error.close_code(), close_reason_for(&error)));
-                conn.fail(close);
+                conn.borrow_mut().fail(close);
                 self.retire(conn);
             }
             Action::Drop(conn) => self.retire(conn),
@@ -380,8 +404,8 @@ impl<H: MinchHandler> Client<H> {
 
     /// Keeps the traffic of a connection that ended, and drops it: its senders still waiting
     /// hear [`SendError::ConnectionLost`], and its driver ends.
-    fn retire(&mut self, conn: Box<Connection>) {
-        self.past_traffic += conn.counters;
+    fn retire(&mut self, conn: SharedConnection) {
+        self.past_traffic += conn.borrow().counters;
     }
 
     /// Sets the lifecycle's one timer to its next deadline.
@@ -446,7 +470,14 @@ impl<H: MinchHandler> Client<H> {
                 log::debug!("minch: connected");
                 self.upgrades += 1;
                 let options = &self.options;
-                let conn = Connection::new(transport, generation, options.max_buffered_bytes);
+                let conn = Rc::new(RefCell::new(Connection::new(
+                    transport,
+                    generation,
+                    options.max_buffered_bytes,
+                )));
+                if let Some(published) = &self.published {
+                    published.set(&conn);
+                }
                 let settings = Settings {
                     close_timeout: options.close_timeout,
                     keepalive: options
@@ -454,8 +485,7 @@ impl<H: MinchHandler> Client<H> {
                         .map(|interval| (interval, options.pong_timeout)),
                 };
                 self.response = Some(response);
-                self.lifecycle
-                    .opened(Box::new(conn), settings, Instant::now());
+                self.lifecycle.opened(conn, settings, Instant::now());
                 ctx.spawn(Driver { generation });
             }
             Err(error) => self.lifecycle.open_failed(error),
@@ -466,11 +496,9 @@ impl<H: MinchHandler> Client<H> {
     // ---- the frame loop ---------------------------------------------------------------------
 
     /// The connection the driver of `generation` polls, while it is the current one.
-    fn connection(&mut self, generation: u64) -> Option<&mut Connection> {
-        match self.lifecycle.conn_mut() {
-            Some(conn) if conn.generation == generation => Some(conn),
-            _ => None,
-        }
+    fn connection(&self, generation: u64) -> Option<RefMut<'_, Connection>> {
+        let conn = self.lifecycle.conn()?.borrow_mut();
+        (conn.generation == generation).then_some(conn)
     }
 
     /// Reads and handles frames, then flushes; called by the [`Driver`] on every wake-up.
@@ -480,35 +508,36 @@ impl<H: MinchHandler> Client<H> {
         ctx: &mut Context<Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
-        let Some(conn) = self.connection(generation) else {
+        let Some(mut conn) = self.connection(generation) else {
             return Poll::Ready(());
         };
         conn.remember_waker(cx);
+        drop(conn);
 
         // Until the socket says Pending, no read waker is registered: a pass that stops on the
         // budget instead must wake itself, or the frames still unread would never be handled.
         let mut budget_spent = true;
         for _ in 0..FRAMES_PER_POLL {
-            if let Some(queue) = &self.receive_queue {
-                // The program has not taken what it received: let TCP make the server wait.
-                if !queue.reading_allowed(cx.waker()) {
-                    budget_spent = false;
-                    break;
-                }
+            // The program has not taken what it received: let TCP make the server wait.
+            if !self.may_read(cx) {
+                budget_spent = false;
+                break;
             }
-            let Some(conn) = self.connection(generation) else {
+            let Some(mut conn) = self.connection(generation) else {
                 break;
             };
-            match Pin::new(&mut conn.transport).next_item(cx) {
+            let item = Pin::new(&mut conn.transport).next_item(cx);
+            if let Poll::Ready(Some(Ok(frame))) = &item {
+                conn.counters.frames_in += 1;
+                conn.counters.bytes_in += frame.payload_len() as u64;
+            }
+            drop(conn);
+            match item {
                 Poll::Pending => {
                     budget_spent = false;
                     break;
                 }
-                Poll::Ready(Some(Ok(frame))) => {
-                    conn.counters.frames_in += 1;
-                    conn.counters.bytes_in += frame.payload_len() as u64;
-                    self.on_frame(generation, frame, ctx);
-                }
+                Poll::Ready(Some(Ok(frame))) => self.on_frame(generation, frame, ctx),
                 Poll::Ready(Some(Err(CodecError::Protocol(error)))) => {
                     self.lifecycle.violation(error)
                 }
@@ -519,14 +548,17 @@ impl<H: MinchHandler> Client<H> {
             }
             self.settle(ctx);
         }
-        let Some(conn) = self.connection(generation) else {
+        self.publish_received();
+        let Some(mut conn) = self.connection(generation) else {
             return Poll::Ready(());
         };
         if budget_spent {
             // Come back after the other actors on this arbiter had their turn.
             cx.waker().wake_by_ref();
         }
-        if let Poll::Ready(Err(error)) = conn.poll_flush(cx) {
+        let flushed = conn.poll_flush(cx);
+        drop(conn);
+        if let Poll::Ready(Err(error)) = flushed {
             self.lifecycle.lost(Error::io(error));
             self.run(ctx);
             return Poll::Ready(());
@@ -534,17 +566,50 @@ impl<H: MinchHandler> Client<H> {
         Poll::Pending
     }
 
+    /// Whether the receive queue (if any) has room for another frame.
+    fn may_read(&mut self, cx: &TaskContext<'_>) -> bool {
+        if self.receive_queue.is_none() {
+            return true;
+        }
+        if let Some((messages, bytes)) = self.room {
+            if self.staged.len() < messages && self.staged_bytes < bytes {
+                return true;
+            }
+            self.publish_received();
+        }
+        self.room = self
+            .receive_queue
+            .as_ref()
+            .and_then(|queue| queue.room(cx.waker()));
+        self.room.is_some()
+    }
+
+    /// Puts the frames read so far in the receive queue, in one go.
+    fn publish_received(&mut self) {
+        if let Some(queue) = &self.receive_queue {
+            if !self.staged.is_empty() {
+                queue.push_all(&mut self.staged, self.staged_bytes);
+            }
+            self.staged_bytes = 0;
+            self.room = None;
+        }
+    }
+
     fn on_frame(&mut self, generation: u64, frame: Frame, ctx: &mut Context<Self>) {
         match frame {
             Frame::Ping(payload) => {
                 // RFC 6455 §5.5.3: answer with the same payload, as soon as possible — ahead of
                 // any held-back data. The driver flushes before it sleeps.
-                if let Some(conn) = self.connection(generation) {
+                if let Some(mut conn) = self.connection(generation) {
                     conn.answer_ping(payload);
                 }
             }
             Frame::Pong(payload) if self.lifecycle.pong(&payload, Instant::now()) => {}
             Frame::Close(close) => self.lifecycle.close_received(close, Instant::now()),
+            frame if self.receive_queue.is_some() => {
+                self.staged_bytes += frame.payload_len();
+                self.staged.push(frame);
+            }
             frame => {
                 let reply = self.callback(ctx, |handler, ctx| handler.handle_frame(frame, ctx));
                 self.apply(reply, ctx);
@@ -594,14 +659,18 @@ impl<H: MinchHandler> Client<H> {
     /// Where every outgoing frame goes: onto the open connection. A close frame starts the
     /// close handshake.
     fn route(&mut self, frame: Frame, wait_for_room: bool) -> Result<Sent, SendError> {
-        let conn = self.lifecycle.sendable()?;
-        let close = match frame {
-            Frame::Close(close) => close.unwrap_or_else(CloseFrame::normal),
-            _ if !wait_for_room && conn.is_full() => return Err(SendError::BufferFull),
-            frame => return conn.send(frame),
+        let sent = {
+            let mut conn = self.lifecycle.sendable()?.borrow_mut();
+            let close = match frame {
+                Frame::Close(close) => close.unwrap_or_else(CloseFrame::normal),
+                _ if !wait_for_room && conn.is_full() => return Err(SendError::BufferFull),
+                frame => return conn.send(frame),
+            };
+            let sent = conn.send_close(close.clone())?;
+            conn.wake_driver();
+            (sent, close)
         };
-        let sent = conn.send_close(close.clone())?;
-        conn.wake_driver();
+        let (sent, close) = sent;
         self.lifecycle.close_sent(close, Instant::now());
         Ok(sent)
     }
@@ -632,7 +701,7 @@ impl<H: MinchHandler> Client<H> {
         let answer = match (failure, last, self.lifecycle.conn()) {
             (Some(error), ..) => Deferred::ready(Err(error)),
             (None, None, _) => Deferred::ready(Ok(())),
-            (None, Some(sent), Some(conn)) => conn.deferred(sent),
+            (None, Some(sent), Some(conn)) => conn.borrow().deferred(sent),
             (None, Some(_), None) => Deferred::ready(Err(SendError::ConnectionLost)),
         };
         self.settle(ctx);
@@ -648,7 +717,7 @@ impl<H: MinchHandler> Client<H> {
     ) -> Deferred<Result<(), SendError>> {
         let result = self.route(frame, wait_for_room);
         let answer = match (result, self.lifecycle.conn()) {
-            (Ok(sent), Some(conn)) => conn.deferred(sent),
+            (Ok(sent), Some(conn)) => conn.borrow().deferred(sent),
             (Ok(_), None) => Deferred::ready(Err(SendError::ConnectionLost)),
             (Err(error), _) => Deferred::ready(Err(error)),
         };
@@ -658,7 +727,7 @@ impl<H: MinchHandler> Client<H> {
 
     fn wake_driver(&self) {
         if let Some(conn) = self.lifecycle.conn() {
-            conn.wake_driver();
+            conn.borrow().wake_driver();
         }
     }
 
@@ -702,6 +771,7 @@ impl<H: MinchHandler> Client<H> {
             ..Stats::default()
         };
         if let Some(conn) = self.lifecycle.conn() {
+            let conn = conn.borrow();
             traffic += conn.counters;
             stats.connected_since = Some(conn.connected_at);
         }

@@ -3,7 +3,7 @@
 //! connection as one message and resolves once they are written, and the next frame of the
 //! `Frames` stream is the next echo.
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use minch::{ConnectOptions, Connection, Frame, Frames};
 
 use super::{EchoConn, Payload};
@@ -69,9 +69,12 @@ impl EchoConn for SimpleConn {
 
     fn try_recv(&mut self) -> Option<Result<usize, String>> {
         loop {
-            let frame = self.frames.next().now_or_never()?;
-            if let Some(result) = Self::data_len(frame, &self.frames) {
-                return Some(result);
+            match self.frames.try_receive_frame() {
+                Ok(None) => return None,
+                Ok(Some(Frame::Text(text))) => return Some(Ok(text.len())),
+                Ok(Some(Frame::Binary(data))) => return Some(Ok(data.len())),
+                Ok(Some(_)) => continue,
+                Err(error) => return Some(Err(error.to_string())),
             }
         }
     }
