@@ -14,7 +14,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Condvar, Mutex, MutexGuard,
     },
     task::{Context, Poll, Waker},
@@ -38,6 +38,10 @@ pub(crate) struct Inbox {
     /// they still count against the limits. Only that receiver (one task) changes them.
     held_messages: AtomicUsize,
     held_bytes: AtomicUsize,
+    /// Frames handed to the program so far: while reading is paused, proof that the program is
+    /// still receiving. Changed by one receiver at a time (the async one, or a blocking one
+    /// under the lock).
+    taken: AtomicU64,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -67,6 +71,7 @@ impl Inbox {
             ended: AtomicBool::new(false),
             held_messages: AtomicUsize::new(0),
             held_bytes: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
         })
@@ -183,6 +188,16 @@ impl Inbox {
         false
     }
 
+    fn count_taken(&self) {
+        let taken = self.taken.load(Ordering::Relaxed);
+        self.taken.store(taken + 1, Ordering::Release);
+    }
+
+    /// Frames handed to the program so far.
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
+    }
+
     /// Whether reading is paused for want of room.
     pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
@@ -215,6 +230,7 @@ impl Inbox {
         match state.frames.pop_front() {
             Some(frame) => {
                 state.bytes -= frame.payload_len();
+                self.count_taken();
                 self.resume_if_room(state);
                 Some(Ok(frame))
             }
@@ -264,6 +280,7 @@ impl Inbox {
         self.held_messages.store(messages - 1, Ordering::Release);
         let held_bytes = self.held_bytes.load(Ordering::Relaxed);
         self.held_bytes.store(held_bytes - bytes, Ordering::Release);
+        self.count_taken();
         if self.paused.load(Ordering::Acquire) {
             self.resume_if_room(&mut self.lock());
         }

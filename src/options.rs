@@ -290,8 +290,8 @@ pub struct ConnectOptions {
     /// the socket, so the kernel's TCP window makes the server wait; it reads again once the
     /// program has taken the queue down to half. Default: 1 024. Allowed: at least 1.
     ///
-    /// While reading is paused the client cannot see pongs either: a program that takes no
-    /// frame for longer than [`pong_timeout`](Self::pong_timeout) (after a keepalive ping) is
+    /// While reading is paused the client cannot see pongs either: a program that then takes no
+    /// frame for a whole [`pong_timeout`](Self::pong_timeout) (after a keepalive ping) is
     /// disconnected with [`Timeout::ReceiveQueueFull`](crate::Timeout::ReceiveQueueFull), and a
     /// close handshake waits behind the frames not taken, for at most
     /// [`close_timeout`](Self::close_timeout). The actor client has no queue: it hands each

@@ -7,7 +7,7 @@
 //! [`Frames`] reports why.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, OnceCell},
     collections::VecDeque,
     future::{poll_fn, Future as _},
     pin::Pin,
@@ -22,11 +22,15 @@ use futures_util::{Sink, Stream};
 use tokio::sync::oneshot;
 
 use crate::{
-    client::{Client, Close, GetStats, SendFrame, Stats},
+    client::{Client, Close, CloseQueued, GetStats, Stats},
     connection::{Progress, Published},
     error::SendError,
-    frame::Frame,
+    frame::{CloseFrame, Frame},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
+    http::{
+        header::{HeaderName, HeaderValue},
+        HeaderMap, StatusCode,
+    },
     inbox::{Inbox, Receiver},
     options::{ConnectOptions, ConnectRequest},
     protocol::validate_outgoing,
@@ -85,7 +89,7 @@ pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames)
     let (opened_tx, opened) = oneshot::channel();
     let addr = Client::start_simple(
         Forwarder {
-            request: Some(request),
+            request: Some(Box::new(request)),
             opened: Some(opened_tx),
             inbox: inbox.clone(),
         },
@@ -97,13 +101,13 @@ pub(crate) async fn open(request: ConnectRequest) -> Result<(Connection, Frames)
             Connection {
                 shared: Rc::new(Shared {
                     addr,
-                    response,
+                    response: OnceCell::new(),
+                    handshake: response,
                     inbox: inbox.clone(),
                     published,
                     closing: Cell::new(false),
                 }),
                 fed: None,
-                closes: VecDeque::new(),
                 closing: None,
             },
             Frames {
@@ -148,15 +152,16 @@ pub struct Connection {
     shared: Rc<Shared>,
     /// The last frame fed through the [`Sink`] and not flushed yet.
     fed: Option<Ticket>,
-    /// Close frames fed through the [`Sink`], on their way through the client.
-    closes: VecDeque<Pending<SendFrame>>,
     /// The close begun by [`Sink::poll_close`].
     closing: Option<Pending<Close>>,
 }
 
 struct Shared {
     addr: Addr<Client<Forwarder>>,
-    response: Response,
+    /// The server's response, rebuilt from `handshake` when first asked for: a header map
+    /// costs kilobytes, which idle connections need not pay.
+    response: OnceCell<Response>,
+    handshake: Handshake,
     inbox: Arc<Inbox>,
     /// The client's open connection, which the handles write into.
     published: Rc<Published>,
@@ -207,10 +212,41 @@ impl Shared {
         })
     }
 
-    /// Starts the close handshake through the client, with `frame` as the close frame.
-    fn send_close(&self, frame: Frame) -> Pending<SendFrame> {
+    /// Puts a close frame in the write buffer behind the frames given before it, and has the
+    /// client start the close handshake (its timeout, then the end).
+    fn send_close(&self, close: Option<CloseFrame>) -> Result<Ticket, SendError> {
+        let conn = self.published.get().ok_or_else(|| self.gone())?;
+        if self.closing.get() {
+            return Err(SendError::Closing);
+        }
+        let close = close.unwrap_or_else(CloseFrame::normal);
+        let mut conn = conn.borrow_mut();
+        conn.send_close(close.clone())?;
         self.closing.set(true);
-        Box::pin(self.addr.send(SendFrame(frame)))
+        // Not a request that could be dropped unanswered (actix skips those): the handshake
+        // must begin whatever the caller does next.
+        self.addr.do_send(CloseQueued(close));
+        conn.wake_driver();
+        Ok(Ticket {
+            progress: conn.progress().clone(),
+            number: conn.progress().accepted(),
+        })
+    }
+
+    /// Hands any frame over: data directly, a close through [`send_close`](Self::send_close).
+    fn give(&self, frame: Frame, wait_for_room: bool) -> Result<Ticket, SendError> {
+        match frame {
+            Frame::Close(close) => self.send_close(close),
+            frame => self.hand_over(frame, wait_for_room),
+        }
+    }
+
+    /// Asks the client to close with 1000 and stop; the request is carried out even if the
+    /// caller stops waiting for its answer.
+    fn request_close(&self) -> Pending<Close> {
+        self.closing.set(true);
+        self.addr.do_send(Close);
+        Box::pin(self.addr.send(Close))
     }
 
     /// Flushes the connection from this task if the socket takes it at once; otherwise leaves
@@ -266,19 +302,6 @@ impl Shared {
     }
 }
 
-/// Waits for every close frame sent through the client; the first error, if any.
-fn poll_closes(
-    closes: &mut VecDeque<Pending<SendFrame>>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), SendError>> {
-    while let Some(request) = closes.front_mut() {
-        let result = ready!(request.as_mut().poll(cx));
-        closes.pop_front();
-        result.unwrap_or(Err(SendError::Stopped))?;
-    }
-    Poll::Ready(Ok(()))
-}
-
 impl Connection {
     /// Sends a frame; resolves once it has been written to the socket.
     ///
@@ -304,18 +327,21 @@ impl Connection {
             return Err(SendError::InvalidFrame(error));
         }
         let mut last = None;
-        let mut closes = VecDeque::new();
+        let mut failure = None;
         for frame in frames {
-            if matches!(frame, Frame::Close(_)) {
-                closes.push_back(self.shared.send_close(frame));
-            } else {
-                last = Some(self.shared.hand_over(frame, true)?);
+            match self.shared.give(frame, true) {
+                Ok(ticket) => last = Some(ticket),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
             }
         }
+        // The frames given before a failure still go out: wait for them, then report it.
         if let Some(ticket) = last {
             poll_fn(|cx| self.shared.poll_written(&ticket, cx)).await?;
         }
-        poll_fn(|cx| poll_closes(&mut closes, cx)).await
+        failure.map_or(Ok(()), Err)
     }
 
     /// Like [`send_frame`](Self::send_frame), but fails at once with
@@ -329,14 +355,7 @@ impl Connection {
 
     async fn send_one(&self, frame: Frame, wait_for_room: bool) -> Result<(), SendError> {
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        if matches!(frame, Frame::Close(_)) {
-            return self
-                .shared
-                .send_close(frame)
-                .await
-                .unwrap_or(Err(SendError::Stopped));
-        }
-        let ticket = self.shared.hand_over(frame, wait_for_room)?;
+        let ticket = self.shared.give(frame, wait_for_room)?;
         poll_fn(|cx| self.shared.poll_written(&ticket, cx)).await
     }
 
@@ -349,13 +368,14 @@ impl Connection {
     /// [`ConnectOptions::close_timeout`]). [`Frames`] then reports the end. Frames given before
     /// go before the close frame.
     pub async fn close(&self) {
-        self.shared.closing.set(true);
-        let _ = self.shared.addr.send(Close).await;
+        let _ = self.shared.request_close().await;
     }
 
     /// The server's `101` response.
     pub fn response(&self) -> &Response {
-        &self.shared.response
+        self.shared
+            .response
+            .get_or_init(|| self.shared.handshake.response())
     }
 }
 
@@ -365,7 +385,6 @@ impl Clone for Connection {
         Connection {
             shared: self.shared.clone(),
             fed: None,
-            closes: VecDeque::new(),
             closing: None,
         }
     }
@@ -410,12 +429,7 @@ impl Sink<Frame> for Connection {
     fn start_send(self: Pin<&mut Self>, frame: Frame) -> Result<(), SendError> {
         let this = self.get_mut();
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
-        if matches!(frame, Frame::Close(_)) {
-            let close = this.shared.send_close(frame);
-            this.closes.push_back(close);
-        } else {
-            this.fed = Some(this.shared.hand_over(frame, true)?);
-        }
+        this.fed = Some(this.shared.give(frame, true)?);
         Ok(())
     }
 
@@ -426,14 +440,13 @@ impl Sink<Frame> for Connection {
             this.fed = None;
             written?;
         }
-        poll_closes(&mut this.closes, cx)
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         let this = self.get_mut();
         if this.closing.is_none() && !this.shared.inbox.has_ended() {
-            this.shared.closing.set(true);
-            this.closing = Some(Box::pin(this.shared.addr.send(Close)));
+            this.closing = Some(this.shared.request_close());
         }
         if let Some(closing) = &mut this.closing {
             let _ = ready!(closing.as_mut().poll(cx));
@@ -568,10 +581,47 @@ impl Stream for Frames {
     }
 }
 
+/// The server's `101` response in few bytes: its status and headers, copied out of the
+/// buffers they were parsed from.
+struct Handshake {
+    status: StatusCode,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl Handshake {
+    fn new(response: &Response) -> Self {
+        Handshake {
+            status: response.status,
+            headers: response
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                        HeaderValue::from_bytes(value.as_bytes()).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+        Response {
+            status: self.status,
+            headers,
+        }
+    }
+}
+
 /// The handler behind the simple API: queues frames for [`Frames`], never reconnects.
 struct Forwarder {
-    request: Option<ConnectRequest>,
-    opened: Option<oneshot::Sender<Result<Response, Error>>>,
+    /// Boxed: it is used up by the first attempt, and the client keeps the handler for life.
+    request: Option<Box<ConnectRequest>>,
+    opened: Option<oneshot::Sender<Result<Handshake, Error>>>,
     inbox: Arc<Inbox>,
 }
 
@@ -588,14 +638,17 @@ impl MinchHandler for Forwarder {
 
     fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
         // The simple API connects once; the request is used up by the only attempt.
-        self.request.take().unwrap_or_default()
+        self.request
+            .take()
+            .map(|request| *request)
+            .unwrap_or_default()
     }
 
     fn handle_connect(&mut self, response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
         match self
             .opened
             .take()
-            .map(|opened| opened.send(Ok(response.clone())))
+            .map(|opened| opened.send(Ok(Handshake::new(response))))
         {
             // The caller of `connect` went away (its future was dropped, e.g. by a timeout):
             // nobody can reach this connection, so it must not stay open.

@@ -142,6 +142,19 @@ struct Ping {
     deadline: Instant,
     /// Frames received when the ping went out.
     frames_in_then: u64,
+    /// Frames the program had taken from the receive queue then (or when the deadline was
+    /// last moved).
+    taken_then: u64,
+}
+
+/// What the client knows of its receive queue (the simple and blocking APIs) when its timer
+/// fires.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reading {
+    /// The queue is full: the client is not reading the socket.
+    pub(crate) paused: bool,
+    /// Frames the program has taken from the queue so far.
+    pub(crate) taken: u64,
 }
 
 /// The client's lifecycle. See the [module docs](self).
@@ -485,9 +498,9 @@ impl<C: Link> Lifecycle<C> {
     }
 
     /// The clock reached [`poll_timeout`](Self::poll_timeout) (or later). `payload` is used if a
-    /// keepalive ping is due. `reading_paused`: the client is not reading the socket (its
-    /// receive queue is full), so a missing pong is the program's doing, not the peer's.
-    pub(crate) fn timeout(&mut self, now: Instant, payload: [u8; 8], reading_paused: bool) {
+    /// keepalive ping is due. While `reading` is paused (the receive queue is full) no pong can
+    /// be read: the pong timeout then measures the program, which must take a frame within it.
+    pub(crate) fn timeout(&mut self, now: Instant, payload: [u8; 8], reading: Reading) {
         self.timer_moved = true;
         match &mut self.phase {
             Phase::Waiting { connect_at } if now >= *connect_at => self.connect(),
@@ -496,18 +509,26 @@ impl<C: Link> Lifecycle<C> {
                 keepalive: Some(keepalive),
             } => {
                 let frames_in = conn.frames_in();
-                if let Some(ping) = &keepalive.outstanding {
+                if let Some(ping) = &mut keepalive.outstanding {
                     if frames_in != ping.frames_in_then {
                         // Something arrived since the ping: the peer is alive.
                         keepalive.outstanding = None;
+                    } else if now >= ping.deadline && reading.paused {
+                        if reading.taken == ping.taken_then {
+                            log::debug!(
+                                "minch: the receive queue stayed full past the pong timeout"
+                            );
+                            let error = Error::Timeout(Timeout::ReceiveQueueFull);
+                            self.end_connection(Some(error));
+                            return;
+                        }
+                        // The program is taking frames; reading resumes once it has taken
+                        // enough, and the pong is read then. Give it another pong timeout.
+                        ping.deadline = deadline_after(now, keepalive.pong_timeout);
+                        ping.taken_then = reading.taken;
                     } else if now >= ping.deadline {
                         log::debug!("minch: nothing arrived within the pong timeout");
-                        let kind = if reading_paused {
-                            Timeout::ReceiveQueueFull
-                        } else {
-                            Timeout::Pong
-                        };
-                        self.end_connection(Some(Error::Timeout(kind)));
+                        self.end_connection(Some(Error::Timeout(Timeout::Pong)));
                         return;
                     }
                 }
@@ -519,6 +540,7 @@ impl<C: Link> Lifecycle<C> {
                         keepalive.outstanding = Some(Ping {
                             deadline: deadline_after(now, keepalive.pong_timeout),
                             frames_in_then: frames_in,
+                            taken_then: reading.taken,
                         });
                         self.last_ping = Some((payload, now));
                         self.actions.push_back(Action::Ping(payload));
@@ -664,6 +686,10 @@ mod tests {
         ClientClose,
         /// A callback or a `Close` message asks for the final stop.
         Stop,
+        /// The receive queue fills (the client stops reading) or drains.
+        ReadingPaused(bool),
+        /// The program takes a frame from the receive queue.
+        Taken,
     }
 
     /// What a callback answers.
@@ -700,6 +726,8 @@ mod tests {
             2 => Just(Step::Pong),
             1 => Just(Step::ClientClose),
             1 => Just(Step::Stop),
+            1 => any::<bool>().prop_map(Step::ReadingPaused),
+            1 => Just(Step::Taken),
         ]
     }
 
@@ -756,6 +784,7 @@ mod tests {
         decisions: std::vec::IntoIter<Option<u16>>,
         next_conn: u32,
         ping_payload: Option<[u8; 8]>,
+        reading: Reading,
         settings: Settings,
         init_fails: bool,
     }
@@ -772,6 +801,7 @@ mod tests {
                 decisions: scenario.decisions.clone().into_iter(),
                 next_conn: 0,
                 ping_payload: None,
+                reading: Reading::default(),
                 settings: Settings {
                     close_timeout: CLOSE_TIMEOUT,
                     keepalive: Some((
@@ -860,7 +890,7 @@ mod tests {
                     Some(due) if due <= until => {
                         self.now = self.now.max(due);
                         let phase = self.machine.phase_name();
-                        self.machine.timeout(self.now, rand::random(), false);
+                        self.machine.timeout(self.now, rand::random(), self.reading);
                         self.run();
                         // A deadline still due now is only fine in another phase (a
                         // reconnect after no delay); the same phase would fire forever.
@@ -909,6 +939,8 @@ mod tests {
                         conn.frames_in += 1;
                     }
                 }
+                Step::ReadingPaused(paused) => self.reading.paused = *paused,
+                Step::Taken => self.reading.taken += 1,
                 Step::Pong => {
                     if let Some(payload) = self.ping_payload {
                         if let Some(conn) = self.machine.conn_mut() {
@@ -1044,7 +1076,9 @@ mod tests {
         for (at, did) in trace {
             if let Did::Disconnected(DisconnectReason::Error(Error::Timeout(kind)), _) = did {
                 match kind {
-                    Timeout::Pong => assert!(*at >= Duration::from_millis(1)),
+                    Timeout::Pong | Timeout::ReceiveQueueFull => {
+                        assert!(*at >= Duration::from_millis(1))
+                    }
                     Timeout::Close => assert!(*at >= CLOSE_TIMEOUT),
                     other => assert_eq!(*other, Timeout::Upgrade),
                 }

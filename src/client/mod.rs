@@ -39,7 +39,7 @@ use std::{
 
 use actix::{fut::ActorFuture, prelude::*, Supervised, Supervisor};
 
-use self::lifecycle::{deadline_after, Action, Lifecycle, Settings};
+use self::lifecycle::{deadline_after, Action, Lifecycle, Reading, Settings};
 pub use self::timers::TimerId;
 pub(crate) use self::{lifecycle::Link, timers::HandlerTimers};
 use crate::{
@@ -166,6 +166,14 @@ impl<T: 'static> Message for Info<T> {
 pub struct Close;
 
 impl Message for Close {
+    type Result = ();
+}
+
+/// A simple API handle put a close frame in the connection's write buffer: the close handshake
+/// has begun.
+pub(crate) struct CloseQueued(pub(crate) CloseFrame);
+
+impl Message for CloseQueued {
     type Result = ();
 }
 
@@ -423,13 +431,17 @@ impl<H: MinchHandler> Client<H> {
                     return;
                 }
                 client.alarm = None;
-                let reading_paused = client
+                let reading = client
                     .receive_queue
                     .as_ref()
-                    .is_some_and(|queue| queue.is_paused());
+                    .map(|queue| Reading {
+                        paused: queue.is_paused(),
+                        taken: queue.taken(),
+                    })
+                    .unwrap_or_default();
                 client
                     .lifecycle
-                    .timeout(Instant::now(), rand::random(), reading_paused);
+                    .timeout(Instant::now(), rand::random(), reading);
                 client.run(ctx);
             });
             (at, number, handle)
@@ -855,6 +867,15 @@ impl<H: MinchHandler> Handler<Info<H::Info>> for Client<H> {
 
     fn handle(&mut self, Info(info): Info<H::Info>, ctx: &mut Context<Self>) {
         self.on_info(info, ctx);
+    }
+}
+
+impl<H: MinchHandler> Handler<CloseQueued> for Client<H> {
+    type Result = ();
+
+    fn handle(&mut self, CloseQueued(close): CloseQueued, ctx: &mut Context<Self>) {
+        self.lifecycle.close_sent(close, Instant::now());
+        self.run(ctx);
     }
 }
 
