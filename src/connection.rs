@@ -6,7 +6,7 @@
 //! (§5.5.3: answering only the latest ping is enough).
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::{Cell, RefCell, RefMut},
     collections::VecDeque,
     io,
     pin::Pin,
@@ -82,12 +82,15 @@ pub(crate) struct Progress {
     accepted: Cell<u64>,
     /// Frames up to this number have been written to the socket.
     written: Cell<u64>,
-    /// Frames from this number on were refused: a close frame went ahead of them.
-    refused_from: Cell<Option<u64>>,
+    /// Frames from this number on were refused, and why: a close frame went ahead of them,
+    /// the client's (`Closing`) or one failing the connection (`ConnectionLost`).
+    refused: RefCell<Option<(u64, SendError)>>,
     /// The connection is gone: frames not written by then never will be.
     lost: Cell<bool>,
     /// Tasks waiting for frames to be written or for room in the buffer.
     waiting: RefCell<Vec<Waker>>,
+    /// Tasks to wake once the connection is no longer borrowed (see [`ConnMut`]).
+    due: RefCell<Vec<Waker>>,
 }
 
 impl Progress {
@@ -98,9 +101,14 @@ impl Progress {
 
     /// What became of frame `number`, once known.
     pub(crate) fn outcome(&self, number: u64) -> Option<Result<(), SendError>> {
-        if self.refused_from.get().is_some_and(|from| number >= from) {
+        if let Some((_, refusal)) = self
+            .refused
+            .borrow()
+            .as_ref()
+            .filter(|(from, _)| number >= *from)
+        {
             // Refused frames are the last ones accepted: none are after them.
-            Some(Err(SendError::Closing))
+            Some(Err(refusal.clone()))
         } else if self.written.get() >= number {
             Some(Ok(()))
         } else if self.lost.get() {
@@ -118,11 +126,67 @@ impl Progress {
         }
     }
 
+    /// Every waiting task is to be woken, once the connection's borrow ends.
     fn wake_all(&self) {
-        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
-        for waker in waiting {
+        let mut waiting = self.waiting.borrow_mut();
+        self.due.borrow_mut().append(&mut waiting);
+    }
+
+    fn refuse_from(&self, number: u64, refusal: SendError) {
+        let mut refused = self.refused.borrow_mut();
+        if refused.is_none() {
+            *refused = Some((number, refusal));
+        }
+    }
+
+    /// Wakes the tasks made due. Never while the connection is borrowed: a waker may run code
+    /// at once, and that code may use a handle.
+    fn wake_due(&self) {
+        let due = std::mem::take(&mut *self.due.borrow_mut());
+        for waker in due {
             waker.wake();
         }
+    }
+}
+
+/// The connection borrowed for writing. The tasks its progress made due are woken when the
+/// borrow ends, so that a waker that runs code at once never finds the connection borrowed.
+pub(crate) struct ConnMut<'a>(Option<RefMut<'a, Connection>>);
+
+/// Borrows `conn` for writing.
+pub(crate) fn write(conn: &SharedConnection) -> ConnMut<'_> {
+    ConnMut(Some(conn.borrow_mut()))
+}
+
+impl<'a> ConnMut<'a> {
+    pub(crate) fn from_ref_mut(conn: RefMut<'a, Connection>) -> Self {
+        ConnMut(Some(conn))
+    }
+}
+
+impl std::ops::Deref for ConnMut<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.0.as_deref().expect("borrowed until dropped")
+    }
+}
+
+impl std::ops::DerefMut for ConnMut<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0.as_deref_mut().expect("borrowed until dropped")
+    }
+}
+
+impl Drop for ConnMut<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.0.take() else { return };
+        if conn.progress.due.borrow().is_empty() {
+            return;
+        }
+        let progress = conn.progress.clone();
+        drop(conn);
+        progress.wake_due();
     }
 }
 
@@ -177,6 +241,11 @@ impl Connection {
         &self.progress
     }
 
+    /// Whether a close frame has been queued: nothing more may be sent.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close_queued
+    }
+
     /// Whether new frames would be held back.
     pub(crate) fn is_full(&self) -> bool {
         !self.backlog.is_empty() || self.buffered >= self.max_buffered
@@ -205,6 +274,8 @@ impl Connection {
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
         self.write_owed_pong();
         self.close_queued = true;
+        // Whoever waits for room learns that no more frames may come.
+        self.progress.wake_all();
         self.buffer_or_hold_back(frame)
     }
 
@@ -263,9 +334,10 @@ impl Connection {
         self.close_queued = true;
         if !self.backlog.is_empty() {
             let first_held_back = self.progress.accepted.get() + 1 - self.backlog.len() as u64;
-            self.progress.refused_from.set(Some(first_held_back));
-            self.progress.wake_all();
+            self.progress.refuse_from(first_held_back, refusal.clone());
         }
+        // Whoever waits for room learns that no more frames may come.
+        self.progress.wake_all();
         for (_, slot) in self.backlog.drain(..) {
             if let Some(sender) = slot.0.borrow_mut().take() {
                 let _ = sender.send(Err(refusal.clone()));
@@ -346,7 +418,8 @@ impl Connection {
                 let result = self.encode(frame);
                 if result.is_err() {
                     // Numbered frames are written in order: after a gap, none can be vouched for.
-                    self.progress.lost.set(true);
+                    let number = self.progress.accepted.get() - self.backlog.len() as u64;
+                    self.progress.refuse_from(number, SendError::ConnectionLost);
                     self.progress.wake_all();
                 }
                 let waiting = slot.0.borrow_mut().take();
@@ -398,6 +471,8 @@ impl Drop for Connection {
         self.deliveries.complete_all(Err(SendError::ConnectionLost));
         self.progress.lost.set(true);
         self.progress.wake_all();
+        // Dropped, the connection is borrowed no more.
+        self.progress.wake_due();
         for (_, slot) in self.backlog.drain(..) {
             if let Some(sender) = slot.0.borrow_mut().take() {
                 let _ = sender.send(Err(SendError::ConnectionLost));

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     client::{Client, Close, CloseQueued, GetStats, Stats},
-    connection::{Progress, Published},
+    connection::{self, Progress, Published},
     error::SendError,
     frame::{CloseFrame, Frame},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
@@ -201,7 +201,7 @@ impl Shared {
         if self.closing.get() {
             return Err(SendError::Closing);
         }
-        let mut conn = conn.borrow_mut();
+        let mut conn = connection::write(&conn);
         if !wait_for_room && conn.is_full() {
             return Err(SendError::BufferFull);
         }
@@ -220,7 +220,7 @@ impl Shared {
             return Err(SendError::Closing);
         }
         let close = close.unwrap_or_else(CloseFrame::normal);
-        let mut conn = conn.borrow_mut();
+        let mut conn = connection::write(&conn);
         conn.send_close(close.clone())?;
         self.closing.set(true);
         // Not a request that could be dropped unanswered (actix skips those): the handshake
@@ -253,7 +253,7 @@ impl Shared {
     /// it to the connection's driver, which alone waits for the socket to be writable.
     fn flush_or_wake(&self) {
         if let Some(conn) = self.published.get() {
-            let mut conn = conn.borrow_mut();
+            let mut conn = connection::write(&conn);
             if !conn
                 .poll_flush(&mut Context::from_waker(Waker::noop()))
                 .is_ready()
@@ -285,7 +285,7 @@ impl Shared {
         let Some(conn) = self.published.get() else {
             return Poll::Ready(Err(self.gone()));
         };
-        if self.closing.get() {
+        if self.closing.get() || conn.borrow().is_closing() {
             return Poll::Ready(Err(SendError::Closing));
         }
         if !conn.borrow().is_full() {
@@ -293,6 +293,9 @@ impl Shared {
         }
         self.flush_or_wake();
         let conn = conn.borrow();
+        if conn.is_closing() {
+            return Poll::Ready(Err(SendError::Closing));
+        }
         if !conn.is_full() {
             return Poll::Ready(Ok(()));
         }

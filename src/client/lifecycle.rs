@@ -513,22 +513,23 @@ impl<C: Link> Lifecycle<C> {
                     if frames_in != ping.frames_in_then {
                         // Something arrived since the ping: the peer is alive.
                         keepalive.outstanding = None;
-                    } else if now >= ping.deadline && reading.paused {
-                        if reading.taken == ping.taken_then {
-                            log::debug!(
-                                "minch: the receive queue stayed full past the pong timeout"
-                            );
-                            let error = Error::Timeout(Timeout::ReceiveQueueFull);
-                            self.end_connection(Some(error));
-                            return;
-                        }
-                        // The program is taking frames; reading resumes once it has taken
-                        // enough, and the pong is read then. Give it another pong timeout.
+                    } else if now >= ping.deadline && reading.taken != ping.taken_then {
+                        // The program is taking frames from a queue that was (or is) too full
+                        // to read behind: reading resumes once it has taken enough, and the
+                        // pong is read then. Give it another pong timeout.
                         ping.deadline = deadline_after(now, keepalive.pong_timeout);
                         ping.taken_then = reading.taken;
                     } else if now >= ping.deadline {
-                        log::debug!("minch: nothing arrived within the pong timeout");
-                        self.end_connection(Some(Error::Timeout(Timeout::Pong)));
+                        let kind = if reading.paused {
+                            log::debug!(
+                                "minch: the receive queue stayed full past the pong timeout"
+                            );
+                            Timeout::ReceiveQueueFull
+                        } else {
+                            log::debug!("minch: nothing arrived within the pong timeout");
+                            Timeout::Pong
+                        };
+                        self.end_connection(Some(Error::Timeout(kind)));
                         return;
                     }
                 }

@@ -29,7 +29,7 @@ mod lifecycle;
 mod timers;
 
 use std::{
-    cell::{RefCell, RefMut},
+    cell::RefCell,
     pin::Pin,
     rc::Rc,
     sync::Arc,
@@ -43,7 +43,9 @@ use self::lifecycle::{deadline_after, Action, Lifecycle, Reading, Settings};
 pub use self::timers::TimerId;
 pub(crate) use self::{lifecycle::Link, timers::HandlerTimers};
 use crate::{
-    connection::{Connection, Counters, Deferred, Published, Sent, SharedConnection, Waiters},
+    connection::{
+        self, ConnMut, Connection, Counters, Deferred, Published, Sent, SharedConnection, Waiters,
+    },
     error::SendError,
     frame::{CloseFrame, Frame},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
@@ -341,7 +343,7 @@ impl<H: MinchHandler> Client<H> {
             }
             Action::SendClose(close) => {
                 if let Some(conn) = self.lifecycle.conn() {
-                    let mut conn = conn.borrow_mut();
+                    let mut conn = connection::write(conn);
                     // Behind any held-back data, as a close the handler sends.
                     let _ = conn.send_close(close);
                     conn.wake_driver();
@@ -349,14 +351,14 @@ impl<H: MinchHandler> Client<H> {
             }
             Action::EchoClose(code) => {
                 if let Some(conn) = self.lifecycle.conn() {
-                    let mut conn = conn.borrow_mut();
+                    let mut conn = connection::write(conn);
                     conn.echo_close(code);
                     conn.wake_driver();
                 }
             }
             Action::Ping(payload) => {
                 if let Some(conn) = self.lifecycle.conn() {
-                    let mut conn = conn.borrow_mut();
+                    let mut conn = connection::write(conn);
                     conn.send_ping(payload.to_vec().into());
                     conn.wake_driver();
                 }
@@ -369,7 +371,7 @@ impl<H: MinchHandler> Client<H> {
                 log::debug!("minch: failing the connection: {error}");
                 let close = send_close
                     .then(|| CloseFrame::new(error.close_code(), close_reason_for(&error)));
-                conn.borrow_mut().fail(close);
+                connection::write(&conn).fail(close);
                 self.retire(conn);
             }
             Action::Drop(conn) => self.retire(conn),
@@ -508,9 +510,9 @@ impl<H: MinchHandler> Client<H> {
     // ---- the frame loop ---------------------------------------------------------------------
 
     /// The connection the driver of `generation` polls, while it is the current one.
-    fn connection(&self, generation: u64) -> Option<RefMut<'_, Connection>> {
+    fn connection(&self, generation: u64) -> Option<ConnMut<'_>> {
         let conn = self.lifecycle.conn()?.borrow_mut();
-        (conn.generation == generation).then_some(conn)
+        (conn.generation == generation).then(|| ConnMut::from_ref_mut(conn))
     }
 
     /// Reads and handles frames, then flushes; called by the [`Driver`] on every wake-up.
@@ -672,7 +674,7 @@ impl<H: MinchHandler> Client<H> {
     /// close handshake.
     fn route(&mut self, frame: Frame, wait_for_room: bool) -> Result<Sent, SendError> {
         let sent = {
-            let mut conn = self.lifecycle.sendable()?.borrow_mut();
+            let mut conn = connection::write(self.lifecycle.sendable()?);
             let close = match frame {
                 Frame::Close(close) => close.unwrap_or_else(CloseFrame::normal),
                 _ if !wait_for_room && conn.is_full() => return Err(SendError::BufferFull),
