@@ -1,6 +1,6 @@
-//! Regressions found by a cold review of the simple API's direct send path (handles writing straight into the client's
-//! connection, numbered `Progress`): each test shows a bug against a real peer on 127.0.0.1,
-//! with bounded waits.
+//! Regressions found by a cold review of the simple API's direct send path (handles writing
+//! straight into the client's connection, numbered `Progress`): each test showed a bug against
+//! a real peer on 127.0.0.1, with bounded waits.
 
 mod support;
 
