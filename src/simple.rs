@@ -202,7 +202,7 @@ impl Shared {
             return Err(SendError::Closing);
         }
         let mut conn = connection::write(&conn);
-        if !wait_for_room && conn.is_full() {
+        if !wait_for_room && !conn.is_closing() && conn.is_full() {
             return Err(SendError::BufferFull);
         }
         conn.send(frame)?;
