@@ -91,6 +91,8 @@ pub(crate) struct Progress {
     waiting: RefCell<Vec<Waker>>,
     /// Tasks to wake once the connection is no longer borrowed (see [`ConnMut`]).
     due: RefCell<Vec<Waker>>,
+    /// `due` is not empty: checked on every release of the connection, so kept cheap.
+    any_due: Cell<bool>,
 }
 
 impl Progress {
@@ -129,7 +131,10 @@ impl Progress {
     /// Every waiting task is to be woken, once the connection's borrow ends.
     fn wake_all(&self) {
         let mut waiting = self.waiting.borrow_mut();
-        self.due.borrow_mut().append(&mut waiting);
+        if !waiting.is_empty() {
+            self.due.borrow_mut().append(&mut waiting);
+            self.any_due.set(true);
+        }
     }
 
     fn refuse_from(&self, number: u64, refusal: SendError) {
@@ -142,6 +147,7 @@ impl Progress {
     /// Wakes the tasks made due. Never while the connection is borrowed: a waker may run code
     /// at once, and that code may use a handle.
     fn wake_due(&self) {
+        self.any_due.set(false);
         let due = std::mem::take(&mut *self.due.borrow_mut());
         for waker in due {
             waker.wake();
@@ -181,7 +187,7 @@ impl std::ops::DerefMut for ConnMut<'_> {
 impl Drop for ConnMut<'_> {
     fn drop(&mut self) {
         let Some(conn) = self.0.take() else { return };
-        if conn.progress.due.borrow().is_empty() {
+        if !conn.progress.any_due.get() {
             return;
         }
         let progress = conn.progress.clone();
