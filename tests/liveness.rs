@@ -341,7 +341,7 @@ async fn no_frame_vanishes_or_repeats_across_forced_disconnects() {
         }
         next += 1;
         // Every third frame, cut the connection just after sending the next one.
-        if next % 3 == 0 {
+        if next.is_multiple_of(3) {
             let result = client
                 .send(SendFrame(Frame::text(next.to_string())))
                 .await
