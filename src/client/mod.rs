@@ -7,6 +7,12 @@
 //! the restarted actor waits the delay `handle_disconnect` returned before it calls `connect`.
 //! The [`Addr`] stays the same throughout.
 //!
+//! For the simple API (`simple.rs`) the client does two things more: it queues received frames
+//! in a bounded [`Inbox`] itself, reading nothing while it is full, and it publishes its
+//! connection so that the API's handles, on the same thread, write into it directly; they wait
+//! for their frames through the connection's numbered progress. Only the driver waits for the
+//! socket (readable or writable), and tasks are woken only once the connection is released.
+//!
 //! # Invariants
 //!
 //! Checked by the randomized tests (the lifecycle driven at speed in `lifecycle::tests`, and
@@ -24,6 +30,10 @@
 //!    answer), and nothing follows a close frame, pongs included. Nothing of one connection
 //!    (its timers, frames and senders) acts on the next.
 //! 5. The client never spins: a timer that fires moves the lifecycle on.
+//! 6. Simple API (`tests/simple_random.rs`): the frames its handles give go on the wire in that
+//!    order, each `Ok` only once written; received frames reach `Frames` in order, at most
+//!    `max_queue` messages (and `max_queue_bytes` plus one message) ahead of the program, then
+//!    the end. While the queue is full, keepalive waits for the program, not the peer.
 
 mod lifecycle;
 mod timers;
@@ -228,9 +238,9 @@ impl<H: MinchHandler> Client<H> {
         Supervisor::start_in_arbiter(arbiter, move |_| Client::new(make_handler()))
     }
 
-    /// Starts a client whose handler puts received frames in `queue`: while it is full, the
-    /// connection reads nothing.
-    /// The connection it opens is published in `published`.
+    /// Starts a client for the simple API: it puts received frames in `queue` itself (and
+    /// reads nothing while the queue is full), and publishes the connection it opens in
+    /// `published`, for the handles to write into.
     pub(crate) fn start_simple(
         handler: H,
         queue: Arc<Inbox>,
@@ -815,11 +825,6 @@ impl<H: MinchHandler> Actor for Client<H> {
 
     /// Runs when the client starts, and again after every restart by the supervisor.
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.receive_queue.is_some() {
-            // The simple API's handles send one message per batch and await it: a mailbox that
-            // never parks them keeps every handle's messages in the order they were sent.
-            ctx.set_mailbox_capacity(usize::MAX);
-        }
         self.timers.rearm(|id, at| Self::arm_info(ctx, id, at));
         self.lifecycle.started(Instant::now());
         self.run(ctx);
