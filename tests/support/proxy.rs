@@ -185,20 +185,24 @@ impl Proxy {
     }
 }
 
-fn abort(a: &TcpStream, b: &TcpStream) {
-    let _ = a.set_zero_linger();
-    let _ = b.set_zero_linger();
+/// How one direction of a proxied connection ended.
+enum Ended {
+    /// The sender closed its side (passed on as a shutdown while passing traffic).
+    Eof,
+    /// Reset asked for, or an I/O error: both sockets are to be reset.
+    Reset,
+    /// Close asked for, or the proxy stopped.
+    Closed,
 }
 
 async fn forward(
-    mut client: TcpStream,
+    client: TcpStream,
     target: SocketAddr,
     mut ctl: watch::Receiver<Control>,
     _active: ActiveGuard,
 ) {
     let start = *ctl.borrow_and_update();
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
-    {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         _ => {
             let _ = client.set_zero_linger();
@@ -207,63 +211,69 @@ async fn forward(
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let mut from_client = vec![0u8; 16 * 1024];
-    let mut from_upstream = vec![0u8; 16 * 1024];
-    let (mut client_eof, mut upstream_eof) = (false, false);
+    // Each direction on its own: a write that waits for one peer to read must not stop the
+    // other direction (two peers each waiting for the other to read would never move again).
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let to_upstream = pump(client_read, upstream_write, ctl.clone(), start);
+    let to_client = pump(upstream_read, client_write, ctl, start);
+    tokio::pin!(to_upstream, to_client);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        let ended = tokio::select! {
+            ended = &mut to_upstream, if !up_done => { up_done = true; ended }
+            ended = &mut to_client, if !down_done => { down_done = true; ended }
+        };
+        match ended {
+            Ended::Eof => {}
+            // Dropping the other direction's future drops (and so closes or resets) its halves.
+            Ended::Reset | Ended::Closed => return,
+        }
+    }
+}
+
+/// Copies `from` to `to` while the proxy passes traffic; reads nothing while paused, drops
+/// what it reads while black-holing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut ctl: watch::Receiver<Control>,
+    start: Control,
+) -> Ended {
+    let mut buffer = vec![0u8; 16 * 1024];
+    // Both sockets this direction touches (which are both of the connection) end with a reset.
+    let reset = |from: &tokio::net::tcp::OwnedReadHalf, to: &tokio::net::tcp::OwnedWriteHalf| {
+        let _ = from.as_ref().set_zero_linger();
+        let _ = to.as_ref().set_zero_linger();
+        Ended::Reset
+    };
     loop {
         let now = *ctl.borrow();
         if now.reset_gen != start.reset_gen {
-            abort(&client, &upstream);
-            return;
+            return reset(&from, &to);
         }
-        if now.close_gen != start.close_gen || (client_eof && upstream_eof) {
-            return;
+        if now.close_gen != start.close_gen {
+            return Ended::Closed;
         }
         let reading = now.mode != ProxyMode::Pause;
         tokio::select! {
-            r = client.read(&mut from_client), if reading && !client_eof => match r {
+            r = from.read(&mut buffer), if reading => match r {
                 Ok(0) => {
-                    client_eof = true;
                     if ctl.borrow().mode == ProxyMode::Pass {
-                        let _ = upstream.shutdown().await;
+                        let _ = to.shutdown().await;
                     }
+                    return Ended::Eof;
                 }
                 Ok(n) => {
-                    if ctl.borrow().mode == ProxyMode::Pass
-                        && upstream.write_all(&from_client[..n]).await.is_err()
-                    {
-                        abort(&client, &upstream);
-                        return;
+                    if ctl.borrow().mode == ProxyMode::Pass && to.write_all(&buffer[..n]).await.is_err() {
+                        return reset(&from, &to);
                     }
                 }
-                Err(_) => {
-                    abort(&client, &upstream);
-                    return;
-                }
-            },
-            r = upstream.read(&mut from_upstream), if reading && !upstream_eof => match r {
-                Ok(0) => {
-                    upstream_eof = true;
-                    if ctl.borrow().mode == ProxyMode::Pass {
-                        let _ = client.shutdown().await;
-                    }
-                }
-                Ok(n) => {
-                    if ctl.borrow().mode == ProxyMode::Pass
-                        && client.write_all(&from_upstream[..n]).await.is_err()
-                    {
-                        abort(&client, &upstream);
-                        return;
-                    }
-                }
-                Err(_) => {
-                    abort(&client, &upstream);
-                    return;
-                }
+                Err(_) => return reset(&from, &to),
             },
             changed = ctl.changed() => {
                 if changed.is_err() {
-                    return;
+                    return Ended::Closed;
                 }
             }
         }
