@@ -84,27 +84,11 @@ impl Inbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a received frame. The connection asks [`reading_allowed`](Self::reading_allowed)
-    /// before reading the next one.
+    /// Queues one received frame (the client queues a driver pass's frames with
+    /// [`push_all`](Self::push_all)).
     pub(crate) fn push(&self, frame: Frame) {
-        let mut state = self.lock();
-        if state.abandoned || state.end.is_some() {
-            return;
-        }
-        state.bytes += frame.payload_len();
-        state.frames.push_back(frame);
-        let (messages, bytes) = self.queued(&state);
-        if messages >= self.max_messages || bytes >= self.max_bytes {
-            self.paused.store(true, Ordering::Release);
-        }
-        let receiver = state.receiver.take();
-        if state.sleepers > 0 {
-            self.arrived.notify_one();
-        }
-        drop(state);
-        if let Some(waker) = receiver {
-            waker.wake();
-        }
+        let bytes = frame.payload_len();
+        self.push_all(&mut vec![frame], bytes);
     }
 
     /// Queues the frames the connection read in one pass (`bytes` of payload), in one go. The
@@ -172,7 +156,7 @@ impl Inbox {
     }
 
     /// Whether the connection may read another frame. If not, `waker` is woken once it may.
-    pub(crate) fn reading_allowed(&self, waker: &Waker) -> bool {
+    fn reading_allowed(&self, waker: &Waker) -> bool {
         if !self.paused.load(Ordering::Acquire) {
             return true;
         }

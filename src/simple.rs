@@ -184,6 +184,16 @@ struct Ticket {
     number: u64,
 }
 
+impl Ticket {
+    /// The frame `conn` accepted last.
+    fn last_accepted(conn: &connection::Connection) -> Ticket {
+        Ticket {
+            progress: conn.progress().clone(),
+            number: conn.progress().accepted(),
+        }
+    }
+}
+
 impl Shared {
     /// Why nothing can be sent once the connection is gone.
     fn gone(&self) -> SendError {
@@ -206,10 +216,7 @@ impl Shared {
             return Err(SendError::BufferFull);
         }
         conn.send(frame)?;
-        Ok(Ticket {
-            progress: conn.progress().clone(),
-            number: conn.progress().accepted(),
-        })
+        Ok(Ticket::last_accepted(&conn))
     }
 
     /// Puts a close frame in the write buffer behind the frames given before it, and has the
@@ -227,10 +234,7 @@ impl Shared {
         // must begin whatever the caller does next.
         self.addr.do_send(CloseQueued(close));
         conn.wake_driver();
-        Ok(Ticket {
-            progress: conn.progress().clone(),
-            number: conn.progress().accepted(),
-        })
+        Ok(Ticket::last_accepted(&conn))
     }
 
     /// Hands any frame over: data directly, a close through [`send_close`](Self::send_close).
@@ -660,6 +664,8 @@ impl MinchHandler for Forwarder {
         }
     }
 
+    /// Not called in practice: the client queues received frames itself, a driver pass at a
+    /// time. Queuing here keeps the handler right on its own.
     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
         self.inbox.push(frame);
         Reply::Continue
