@@ -35,7 +35,7 @@ use futures_util::StreamExt as _;
 use minch::{blocking, ConnectOptions, DisconnectReason, Frame, ReceiveError, Timeout};
 use support::{
     accept_upgrade_blocking, close_frame, decode_frame, frame_bytes, frame_header, opcode,
-    text_frame, wait_until, ClientFrame,
+    stream::*, text_frame, wait_until, ClientFrame,
 };
 
 fn no_headers() -> Vec<(String, String)> {
@@ -58,27 +58,6 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-/// The resident set of this process, in bytes (Linux `/proc/self/status`).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS value in kB");
-    kib * 1024
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
-
-// ---- a raw peer ---------------------------------------------------------------------------------
 
 /// Longest a peer's reader waits for the client before giving up.
 const PEER_LIFETIME: Duration = Duration::from_secs(60);
@@ -247,15 +226,6 @@ fn read_client(mut stream: TcpStream, mut buf: Vec<u8>, out: &Mutex<Out>, seen: 
 
 // ---- the 256 MiB stream --------------------------------------------------------------------------
 
-const STREAM_FRAMES: u32 = 4096;
-const STREAM_FRAME_LEN: usize = 64 << 10;
-const STREAM_BYTES: u64 = STREAM_FRAMES as u64 * STREAM_FRAME_LEN as u64; // 256 MiB
-/// Bytes one stream frame takes on the wire (a 64 KiB payload needs the 64-bit length form).
-const STREAM_FRAME_WIRE: u64 = STREAM_FRAME_LEN as u64 + 10;
-
-const STREAM_QUEUE: usize = 16;
-const STREAM_QUEUE_BYTES: usize = 4 << 20;
-
 /// Writes 4 096 binary frames of 64 KiB as fast as the client takes them, each starting with its
 /// sequence number (big-endian u32) and ending with its low byte, then closes with 1000.
 fn stream_peer() -> Peer {
@@ -276,33 +246,6 @@ fn stream_peer() -> Peer {
         script.send_close(1000);
     })
 }
-
-/// Checks that `frame` is frame `seq` of the stream.
-fn check_stream_frame(seq: u32, frame: &Frame) {
-    match frame {
-        Frame::Binary(payload) => {
-            assert_eq!(payload.len(), STREAM_FRAME_LEN, "length of frame {seq}");
-            let got = u32::from_be_bytes(payload[..4].try_into().unwrap());
-            assert_eq!(
-                got, seq,
-                "frame {seq} arrived as number {got}: out of order"
-            );
-            assert_eq!(
-                payload[STREAM_FRAME_LEN - 1],
-                seq as u8,
-                "last byte of frame {seq}"
-            );
-        }
-        other => panic!("frame {seq}: expected a binary frame, got {other:?}"),
-    }
-}
-
-/// The most the process may grow while the client holds the stream back: the queue (16 frames
-/// of 64 KiB here, at most `max_queue_bytes` + one frame in general), the read buffer, and
-/// allocator slack — far below the 256 MiB an unbounded queue would hold.
-const RSS_GROWTH_BOUND: u64 = 48 << 20;
-/// Loopback socket buffers hold a few MiB on each side; beyond this the client kept reading.
-const WRITTEN_BOUND: u64 = 64 << 20;
 
 /// Simple API: a server streams 256 MiB in 64 KiB frames while the program receives nothing for
 /// 3 s. The client stops reading once 16 frames wait, so the server stalls at a few MiB (what

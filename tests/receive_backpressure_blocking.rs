@@ -17,46 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use minch::{blocking, ConnectOptions, DisconnectReason, Frame, ReceiveError};
-use support::{accept_upgrade_blocking, close_frame, decode_frame, frame_header, opcode};
-
-const STREAM_FRAMES: u32 = 4096;
-const STREAM_FRAME_LEN: usize = 64 << 10;
-const STREAM_BYTES: u64 = STREAM_FRAMES as u64 * STREAM_FRAME_LEN as u64; // 256 MiB
-/// Bytes one stream frame takes on the wire (a 64 KiB payload needs the 64-bit length form).
-const STREAM_FRAME_WIRE: u64 = STREAM_FRAME_LEN as u64 + 10;
-
-const STREAM_QUEUE: usize = 16;
-const STREAM_QUEUE_BYTES: usize = 4 << 20;
-
-/// The most the process may grow while the client holds the stream back: the queue (16 frames
-/// of 64 KiB here, at most `max_queue_bytes` + one frame in general), the read buffer, and
-/// allocator slack — far below the 256 MiB an unbounded queue would hold.
-const RSS_GROWTH_BOUND: u64 = 48 << 20;
-/// Loopback socket buffers hold a few MiB on each side; beyond this the client kept reading.
-const WRITTEN_BOUND: u64 = 64 << 20;
+use minch::{blocking, ConnectOptions, DisconnectReason, ReceiveError};
+use support::{
+    accept_upgrade_blocking, close_frame, decode_frame, frame_header, opcode, stream::*,
+};
 
 /// Longest the peer waits for the client before giving up.
 const PEER_LIFETIME: Duration = Duration::from_secs(60);
-
-/// The resident set of this process, in bytes (Linux `/proc/self/status`).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS value in kB");
-    kib * 1024
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
 
 /// A peer on its own thread: upgrades one connection, writes 4 096 binary frames of 64 KiB,
 /// each starting with its sequence number (big-endian u32) and ending with its low byte,
@@ -119,26 +86,6 @@ fn wait_for_close(stream: &mut TcpStream, mut buf: Vec<u8>) {
             Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
-    }
-}
-
-/// Checks that `frame` is frame `seq` of the stream.
-fn check_stream_frame(seq: u32, frame: &Frame) {
-    match frame {
-        Frame::Binary(payload) => {
-            assert_eq!(payload.len(), STREAM_FRAME_LEN, "length of frame {seq}");
-            let got = u32::from_be_bytes(payload[..4].try_into().unwrap());
-            assert_eq!(
-                got, seq,
-                "frame {seq} arrived as number {got}: out of order"
-            );
-            assert_eq!(
-                payload[STREAM_FRAME_LEN - 1],
-                seq as u8,
-                "last byte of frame {seq}"
-            );
-        }
-        other => panic!("frame {seq}: expected a binary frame, got {other:?}"),
     }
 }
 

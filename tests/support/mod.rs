@@ -27,6 +27,7 @@ mod interop;
 mod proxy;
 mod raw;
 mod server;
+pub mod stream;
 
 pub use self::bg::MAX_PEER_LIFETIME;
 pub use self::eventlog::EventLog;
