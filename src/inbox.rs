@@ -7,6 +7,13 @@
 //! The gap between the two marks keeps a reader that takes one message at a time from waking
 //! the connection for every message.
 //!
+//! Reading also waits, briefly, for a program that was waiting for frames: when the connection
+//! stops on its budget with more to read, having just woken a waiting async receiver, it reads
+//! on once that receiver has taken what it was handed. Without that hand-over the connection,
+//! woken again at once, would read a whole window of frames before the program's task ran
+//! (actix's arbiter runs ready tasks ahead of the future given to `block_on`), and the program
+//! and the server would take turns instead of working at the same time.
+//!
 //! One queue serves both APIs: the async receiver registers a waker, blocking receivers wait
 //! on a condition variable, and the connection (on the actix thread) asks before each frame
 //! whether it may read.
@@ -28,9 +35,9 @@ pub(crate) struct Inbox {
     state: Mutex<State>,
     /// Blocking receivers wait here for a frame or the end.
     arrived: Condvar,
-    /// The queue reached its limit and has not been taken down to half yet: the connection
-    /// reads nothing. Kept outside the lock, so that the connection checks it per frame for
-    /// the price of a load.
+    /// The connection reads nothing: the queue is full (`State::full`), or a hand-over waits
+    /// to be taken (`State::handing_over`). Kept outside the lock, so that the connection
+    /// checks it per frame for the price of a load.
     paused: AtomicBool,
     /// `State::end` is set: checked by every send through the [`Sink`](futures_util::Sink).
     ended: AtomicBool,
@@ -54,6 +61,12 @@ struct State {
     end: Option<DisconnectReason>,
     /// The async receiver waiting for a frame.
     receiver: Option<Waker>,
+    /// The async receiver was woken for the frames queued and has not taken them yet.
+    receiver_woken: bool,
+    /// The queue reached a limit and has not been taken down to half yet.
+    full: bool,
+    /// The connection paused to let the woken receiver take its frames first.
+    handing_over: bool,
     /// The connection waiting for room.
     reader: Option<Waker>,
     /// Blocking receivers waiting on `arrived`.
@@ -103,9 +116,11 @@ impl Inbox {
         state.frames.extend(frames.drain(..));
         let (messages, bytes) = self.queued(&state);
         if messages >= self.max_messages || bytes >= self.max_bytes {
+            state.full = true;
             self.paused.store(true, Ordering::Release);
         }
         let receiver = state.receiver.take();
+        state.receiver_woken |= receiver.is_some();
         if state.sleepers > 0 {
             self.arrived.notify_all();
         }
@@ -113,6 +128,32 @@ impl Inbox {
         if let Some(waker) = receiver {
             waker.wake();
         }
+    }
+
+    /// The connection stopped on its budget with more to read: if the frames it queued last
+    /// woke a waiting async receiver that has not taken them yet, reading pauses until it has,
+    /// and `waker` is woken then. Returns whether reading paused.
+    pub(crate) fn pause_for_hand_over(&self, waker: &Waker) -> bool {
+        let mut state = self.lock();
+        if !state.receiver_woken || state.abandoned || state.end.is_some() {
+            return false;
+        }
+        state.handing_over = true;
+        self.paused.store(true, Ordering::Release);
+        match &state.reader {
+            Some(reader) if reader.will_wake(waker) => {}
+            _ => state.reader = Some(waker.clone()),
+        }
+        true
+    }
+
+    /// Ends a hand-over pause whatever the receiver does: the connection must read to see a
+    /// pong or a close frame. No other hand-over pause follows until the receiver waits again.
+    pub(crate) fn end_hand_over(&self) {
+        let mut state = self.lock();
+        let reader = self.hand_over_done(&mut state);
+        drop(state);
+        wake(reader);
     }
 
     /// How many messages and payload bytes the connection may read before the queue is full
@@ -195,18 +236,33 @@ impl Inbox {
         )
     }
 
-    /// Lets the connection read again once the queue is down to half of both limits.
-    fn resume_if_room(&self, state: &mut State) {
+    /// Lets the connection read again once the queue is down to half of both limits and no
+    /// hand-over waits; returns the connection's waker, to be woken once the lock is released.
+    #[must_use]
+    fn resume_if_room(&self, state: &mut State) -> Option<Waker> {
         if !self.paused.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
-        let (messages, bytes) = self.queued(state);
-        if messages <= self.max_messages / 2 && bytes <= self.max_bytes / 2 {
-            self.paused.store(false, Ordering::Release);
-            if let Some(reader) = state.reader.take() {
-                reader.wake();
-            }
+        if state.full {
+            let (messages, bytes) = self.queued(state);
+            state.full = messages > self.max_messages / 2 || bytes > self.max_bytes / 2;
         }
+        if state.full || state.handing_over {
+            return None;
+        }
+        self.paused.store(false, Ordering::Release);
+        state.reader.take()
+    }
+
+    /// The woken receiver took its frames (or there were none left): the connection may read
+    /// on, unless the queue is full.
+    #[must_use]
+    fn hand_over_done(&self, state: &mut State) -> Option<Waker> {
+        state.receiver_woken = false;
+        if !std::mem::take(&mut state.handing_over) {
+            return None;
+        }
+        self.resume_if_room(state)
     }
 
     /// Takes the next frame; `Err` with the end once every frame was taken.
@@ -215,7 +271,7 @@ impl Inbox {
             Some(frame) => {
                 state.bytes -= frame.payload_len();
                 self.count_taken();
-                self.resume_if_room(state);
+                wake(self.resume_if_room(state));
                 Some(Ok(frame))
             }
             None => state.end.clone().map(Err),
@@ -244,16 +300,30 @@ impl Inbox {
             state.bytes = 0;
             // The emptied batch's allocation becomes the queue's.
             std::mem::swap(&mut state.frames, batch);
+            let reader = self.hand_over_done(&mut state);
+            drop(state);
+            wake(reader);
             return Poll::Ready(Ok(()));
         }
-        self.resume_if_room(&mut state);
+        let reader = self
+            .hand_over_done(&mut state)
+            .or_else(|| self.resume_if_room(&mut state));
         if let Some(end) = &state.end {
-            return Poll::Ready(Err(end.clone()));
+            let end = end.clone();
+            drop(state);
+            wake(reader);
+            return Poll::Ready(Err(end));
         }
-        match &state.receiver {
-            Some(receiver) if receiver.will_wake(cx.waker()) => {}
-            _ => state.receiver = Some(cx.waker().clone()),
+        // A caller that only looks (`try_receive_frame`) is not waiting: frames for it must
+        // not make the connection wait for a take that may come much later.
+        if !cx.waker().will_wake(Waker::noop()) {
+            match &state.receiver {
+                Some(receiver) if receiver.will_wake(cx.waker()) => {}
+                _ => state.receiver = Some(cx.waker().clone()),
+            }
         }
+        drop(state);
+        wake(reader);
         Poll::Pending
     }
 
@@ -266,7 +336,8 @@ impl Inbox {
         self.held_bytes.store(held_bytes - bytes, Ordering::Release);
         self.count_taken();
         if self.paused.load(Ordering::Acquire) {
-            self.resume_if_room(&mut self.lock());
+            let reader = self.resume_if_room(&mut self.lock());
+            wake(reader);
         }
     }
 
@@ -304,12 +375,20 @@ impl Inbox {
         state.bytes = 0;
         self.held_messages.store(0, Ordering::Release);
         self.held_bytes.store(0, Ordering::Release);
+        state.full = false;
+        state.handing_over = false;
         self.paused.store(false, Ordering::Release);
         let reader = state.reader.take();
         drop(state);
         if let Some(reader) = reader {
             reader.wake();
         }
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -342,6 +421,9 @@ mod tests {
     //!    more than `max_messages` frames, nor more than `max_bytes` plus one frame.
     //! 3. The connection, told to wait, is woken when reading resumes: never left waiting
     //!    while reading is allowed.
+    //! 4. A hand-over pause happens only when the frames queued last woke a waiting async
+    //!    receiver that has not taken them, and lasts until it has (or the queue is
+    //!    abandoned); reading stays paused after it only while the queue is full.
 
     use std::{
         sync::atomic::{AtomicUsize, Ordering},
@@ -367,6 +449,10 @@ mod tests {
     enum Step {
         Push(usize),
         Take,
+        /// The connection stopped on its budget and offers to wait for the receiver.
+        HandOver,
+        /// The client ends a hand-over pause (a keepalive tick, a close).
+        EndHandOver,
         Finish,
         Abandon,
     }
@@ -375,6 +461,8 @@ mod tests {
         prop_oneof![
             6 => (0usize..40).prop_map(Step::Push),
             5 => Just(Step::Take),
+            2 => Just(Step::HandOver),
+            1 => Just(Step::EndHandOver),
             1 => Just(Step::Finish),
             1 => Just(Step::Abandon),
         ]
@@ -384,9 +472,10 @@ mod tests {
     fn take_async(
         inbox: &Inbox,
         batch: &mut VecDeque<Frame>,
+        receiver: &Waker,
     ) -> Option<Result<Frame, DisconnectReason>> {
         if batch.is_empty() {
-            let mut cx = Context::from_waker(Waker::noop());
+            let mut cx = Context::from_waker(receiver);
             match inbox.poll_refill(batch, &mut cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(end)) => return Some(Err(end)),
@@ -425,6 +514,11 @@ mod tests {
             let mut batch = VecDeque::new();
             let reader = Arc::new(CountingWaker::default());
             let reader_waker = Waker::from(reader.clone());
+            let receiver = Arc::new(CountingWaker::default());
+            let receiver_waker = Waker::from(receiver.clone());
+            // The async receiver waits (registered, not woken since); was woken by a push and
+            // has not taken the queue since; the connection paused for it.
+            let (mut receiver_waiting, mut receiver_woken, mut handing_over) = (false, false, false);
             let mut pushed = 0u32;
             let mut expected = VecDeque::new();
             let (mut finished, mut abandoned, mut ended_seen) = (false, false, false);
@@ -442,7 +536,13 @@ mod tests {
                         reader_waiting = false;
                         let frame = frame(pushed, len);
                         max_frame = max_frame.max(frame.payload_len());
+                        let wakes_before = receiver.0.load(Ordering::SeqCst);
                         inbox.push(frame);
+                        if receiver_waiting && !finished && !abandoned {
+                            prop_assert_eq!(receiver.0.load(Ordering::SeqCst), wakes_before + 1);
+                            receiver_waiting = false;
+                            receiver_woken = true;
+                        }
                         if !finished && !abandoned {
                             expected.push_back(pushed);
                         }
@@ -451,11 +551,22 @@ mod tests {
                     Step::Take => {
                         let wakes = reader.0.load(Ordering::SeqCst);
                         let was_paused = inbox.is_paused();
+                        let refills = async_receiver && batch.is_empty();
                         let taken = if async_receiver {
-                            take_async(&inbox, &mut batch)
+                            take_async(&inbox, &mut batch, &receiver_waker)
                         } else {
                             inbox.take_within(Duration::ZERO)
                         };
+                        if refills {
+                            // Whatever the queue held is the receiver's now.
+                            receiver_woken = false;
+                            let was_handing_over = std::mem::take(&mut handing_over);
+                            if was_handing_over && !inbox.is_paused() && reader_waiting {
+                                prop_assert_eq!(reader.0.load(Ordering::SeqCst), wakes + 1);
+                                reader_waiting = false;
+                            }
+                            receiver_waiting = taken.is_none();
+                        }
                         match taken {
                             Some(Ok(frame)) => {
                                 prop_assert!(!abandoned);
@@ -472,6 +583,27 @@ mod tests {
                             reader_waiting = false;
                         }
                     }
+                    Step::HandOver => {
+                        let paused = inbox.pause_for_hand_over(&reader_waker);
+                        prop_assert_eq!(paused, receiver_woken && !finished && !abandoned);
+                        if paused {
+                            prop_assert!(inbox.is_paused());
+                            handing_over = true;
+                            reader_waiting = true;
+                        }
+                    }
+                    Step::EndHandOver => {
+                        let wakes = reader.0.load(Ordering::SeqCst);
+                        inbox.end_hand_over();
+                        receiver_woken = false;
+                        if std::mem::take(&mut handing_over)
+                            && !inbox.is_paused()
+                            && reader_waiting
+                        {
+                            prop_assert_eq!(reader.0.load(Ordering::SeqCst), wakes + 1);
+                            reader_waiting = false;
+                        }
+                    }
                     Step::Finish => {
                         inbox.finish(DisconnectReason::ServerClosed(Some(CloseFrame::normal())));
                         finished = true;
@@ -480,6 +612,7 @@ mod tests {
                         let wakes = reader.0.load(Ordering::SeqCst);
                         inbox.abandon();
                         abandoned = true;
+                        handing_over = false;
                         expected.clear();
                         batch.clear();
                         prop_assert!(!inbox.is_paused());
@@ -507,6 +640,12 @@ mod tests {
                 let over = messages >= max_messages || bytes >= max_bytes;
                 if over && !abandoned {
                     prop_assert!(inbox.is_paused() || finished);
+                }
+                if handing_over {
+                    prop_assert!(inbox.is_paused());
+                }
+                if !over && !handing_over && !state.full {
+                    prop_assert!(!inbox.is_paused());
                 }
                 if !inbox.is_paused() {
                     prop_assert!(!reader_waiting || reader.0.load(Ordering::SeqCst) > 0);

@@ -290,6 +290,11 @@ pub struct ConnectOptions {
     /// the socket, so the kernel's TCP window makes the server wait; it reads again once the
     /// program has taken the queue down to half. Default: 1 024. Allowed: at least 1.
     ///
+    /// A program waiting for frames when a burst arrives is handed it a few hundred messages at
+    /// a time: the client reads on once the program has taken what it was handed (or at the
+    /// next keepalive tick, or when closing), so that the program works while the rest of the
+    /// burst is read instead of after.
+    ///
     /// While reading is paused the client cannot see pongs either: a program that then takes no
     /// frame for a whole [`pong_timeout`](Self::pong_timeout) (after a keepalive ping) is
     /// disconnected with [`Timeout::ReceiveQueueFull`](crate::Timeout::ReceiveQueueFull), and a

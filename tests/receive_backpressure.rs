@@ -740,3 +740,156 @@ fn blocking_dropping_frames_lets_close_finish_behind_a_flood() {
     }
     assert_eq!(peer.client_close_code(), Some(Some(1000)));
 }
+
+// ---- handing a burst to a waiting program ---------------------------------------------------------
+
+const BURST: usize = 8_000;
+
+/// Waits for `go`, then writes `BURST` text messages "0" .. in one write; stays open until the
+/// client closes.
+fn burst_peer(go: std::sync::mpsc::Receiver<()>) -> Peer {
+    spawn_peer(move |script| {
+        if go.recv_timeout(Duration::from_secs(20)).is_err() {
+            return;
+        }
+        let burst: Vec<u8> = (0..BURST)
+            .flat_map(|n| text_frame(&n.to_string()))
+            .collect();
+        script.send(&[&burst]);
+    })
+}
+
+/// Tells the peer to send its burst once the program has had time to start waiting.
+fn go_soon(go: std::sync::mpsc::Sender<()>) {
+    actix_rt::spawn(async move {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        let _ = go.send(());
+    });
+}
+
+/// Lets a receive register its waker and be woken by the burst, then drops it untaken: the
+/// program has stopped receiving for now.
+async fn wait_then_stop_receiving(frames: &mut minch::Frames, go: std::sync::mpsc::Sender<()>) {
+    let mut next = frames.next();
+    let waiting = std::future::poll_fn(|cx| {
+        use std::future::Future as _;
+        std::task::Poll::Ready(std::pin::Pin::new(&mut next).poll(cx).is_pending())
+    })
+    .await;
+    assert!(waiting, "nothing before the burst");
+    let _ = go.send(());
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    drop(next);
+}
+
+async fn receive_the_burst(frames: &mut minch::Frames) {
+    for n in 0..BURST {
+        match frames.receive_frame(Duration::from_secs(10)).await {
+            Ok(frame) => assert_numbered(n, &frame),
+            Err(error) => panic!("message {n} of the burst; got {error:?}"),
+        }
+    }
+}
+
+/// A program waiting in `receive_frame` when a burst of 8 000 messages lands is handed the
+/// first part as soon as the client has read it, not after the client read the whole burst
+/// (which, with a queue this large, is what it would otherwise do before the program's task
+/// runs). Then every message arrives, in order.
+#[actix_rt::test]
+async fn simple_a_waiting_program_gets_a_burst_a_part_at_a_time() {
+    let _shared = shared();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let peer = burst_peer(go_rx);
+    let options = ConnectOptions::default()
+        .ping_interval(None)
+        .max_queue(1_000_000);
+    let (connection, mut frames) = minch::connect(peer.url.clone(), no_headers(), options)
+        .await
+        .expect("connects");
+    go_soon(go);
+    let first = frames
+        .receive_frame(Duration::from_secs(10))
+        .await
+        .expect("the burst's first message");
+    assert_numbered(0, &first);
+    let mut ready = 1;
+    while let Ok(Some(frame)) = frames.try_receive_frame() {
+        assert_numbered(ready, &frame);
+        ready += 1;
+    }
+    assert!(
+        ready <= BURST / 8,
+        "the waiting program was handed {ready} of {BURST} messages at once: it waited for the \
+         client to read most of the burst"
+    );
+    for n in ready..BURST {
+        match frames.receive_frame(Duration::from_secs(10)).await {
+            Ok(frame) => assert_numbered(n, &frame),
+            Err(error) => panic!("message {n} of the burst; got {error:?}"),
+        }
+    }
+    connection.close().await;
+}
+
+/// A program woken for a burst that stops receiving without taking it: the client waits for
+/// it only while the traffic flows. `close()` then reads on to the server's close (no close
+/// timeout), and every message of the burst is still delivered before the end.
+#[actix_rt::test]
+async fn simple_a_close_is_not_held_up_by_a_hand_over_never_taken() {
+    let _shared = shared();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let peer = burst_peer(go_rx);
+    let options = ConnectOptions::default()
+        .ping_interval(None)
+        .max_queue(1_000_000)
+        .close_timeout(Duration::from_secs(5));
+    let (connection, mut frames) = minch::connect(peer.url.clone(), no_headers(), options)
+        .await
+        .expect("connects");
+    wait_then_stop_receiving(&mut frames, go).await;
+
+    let started = Instant::now();
+    connection.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "close() took {:?}: the close handshake waited for the program",
+        started.elapsed()
+    );
+    assert_eq!(peer.client_close_code(), Some(Some(1000)));
+    receive_the_burst(&mut frames).await;
+    match frames.receive_frame(Duration::from_secs(5)).await {
+        Err(ReceiveError::Closed(DisconnectReason::ClientClosed(close))) => {
+            assert_eq!(close.code.0, 1000)
+        }
+        other => panic!("after the burst, the client's own close 1000; got {other:?}"),
+    }
+}
+
+/// The same program with keepalive on (ping every 100 ms, pong timeout 200 ms): not taking a
+/// hand-over for a second is no reason to disconnect while the queue has room. The client reads
+/// on at the next keepalive tick, sees its pongs, and the program later gets every message of
+/// the burst on a connection still open.
+#[actix_rt::test]
+async fn simple_keepalive_is_not_held_up_by_a_hand_over_never_taken() {
+    let _shared = shared();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let peer = burst_peer(go_rx);
+    let options = ConnectOptions::default()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .pong_timeout(Duration::from_millis(200))
+        .max_queue(1_000_000);
+    let (connection, mut frames) = minch::connect(peer.url.clone(), no_headers(), options)
+        .await
+        .expect("connects");
+    wait_then_stop_receiving(&mut frames, go).await;
+    actix_rt::time::sleep(Duration::from_millis(1000)).await;
+    assert!(peer.pings() >= 3, "the client kept pinging");
+
+    receive_the_burst(&mut frames).await;
+    connection
+        .send_frame(Frame::text("still open"))
+        .await
+        .expect("the connection is still open");
+    connection.close().await;
+    assert_eq!(peer.client_close_code(), Some(Some(1000)));
+}
