@@ -6,6 +6,7 @@ use bytes::{Buf, BytesMut};
 
 use super::{
     header::{FrameHeader, OpCode},
+    mask::MaskKeys,
     utf8::Utf8Validator,
     CodecError, Limits, ProtocolError,
 };
@@ -28,6 +29,8 @@ pub(crate) struct Codec {
     message: Option<FragmentedMessage>,
     /// Validates the text message in progress, across fragments and partial reads.
     utf8: Utf8Validator,
+    /// Masking keys for the frames this client sends.
+    pub(super) mask_keys: MaskKeys,
 }
 
 /// A frame whose header has been accepted, waiting for its payload.
@@ -67,6 +70,7 @@ impl Codec {
             incoming: None,
             message: None,
             utf8: Utf8Validator::default(),
+            mask_keys: MaskKeys::default(),
         }
     }
 

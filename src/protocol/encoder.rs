@@ -50,27 +50,26 @@ impl Encoder<Frame> for Codec {
     /// Writes `frame` as one final, masked frame: the client never fragments what it sends.
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         debug_assert_eq!(validate_outgoing(&frame), Ok(()));
+        let key = self.mask_keys.next();
         match &frame {
-            Frame::Text(text) => write_masked_frame(dst, OpCode::Text, &[text.as_bytes()]),
-            Frame::Binary(data) => write_masked_frame(dst, OpCode::Binary, &[data]),
-            Frame::Ping(data) => write_masked_frame(dst, OpCode::Ping, &[data]),
-            Frame::Pong(data) => write_masked_frame(dst, OpCode::Pong, &[data]),
-            Frame::Close(None) => write_masked_frame(dst, OpCode::Close, &[]),
+            Frame::Text(text) => write_masked_frame(dst, OpCode::Text, &[text.as_bytes()], key),
+            Frame::Binary(data) => write_masked_frame(dst, OpCode::Binary, &[data], key),
+            Frame::Ping(data) => write_masked_frame(dst, OpCode::Ping, &[data], key),
+            Frame::Pong(data) => write_masked_frame(dst, OpCode::Pong, &[data], key),
+            Frame::Close(None) => write_masked_frame(dst, OpCode::Close, &[], key),
             Frame::Close(Some(close)) => {
                 // The body is the code in network byte order, then the reason (RFC 6455 §5.5.1).
                 let code = close.code.0.to_be_bytes();
-                write_masked_frame(dst, OpCode::Close, &[&code, close.reason.as_bytes()]);
+                write_masked_frame(dst, OpCode::Close, &[&code, close.reason.as_bytes()], key);
             }
         }
         Ok(())
     }
 }
 
-/// Appends a final frame whose payload is `parts` one after the other, masked with a fresh key.
-fn write_masked_frame(dst: &mut BytesMut, opcode: OpCode, parts: &[&[u8]]) {
-    // RFC 6455 §5.3 and §10.3: the key must be fresh for every frame and unpredictable, so that
-    // script cannot choose the bytes a proxy sees. `rand::random` uses the thread-local CSPRNG.
-    let key: [u8; 4] = rand::random();
+/// Appends a final frame whose payload is `parts` one after the other, masked with `key`, which
+/// must be fresh (see [`MaskKeys`](super::mask::MaskKeys)).
+fn write_masked_frame(dst: &mut BytesMut, opcode: OpCode, parts: &[&[u8]], key: [u8; 4]) {
     let payload_len: usize = parts.iter().map(|part| part.len()).sum();
     let header = FrameHeader {
         fin: true,

@@ -2,9 +2,49 @@
 //!
 //! Every frame a client sends is XORed with a 4-byte key, so that a hostile page cannot make the
 //! bytes on the wire look like another protocol to a proxy in between (RFC 6455 §10.3). The mask
-//! is applied while copying the payload into the write buffer, 8 bytes at a time.
+//! is applied to the payload in the write buffer, 8 bytes at a time.
 
 use bytes::BytesMut;
+
+/// Fresh masking keys, drawn from the thread's CSPRNG several at a time (RFC 6455 §5.3 and
+/// §10.3: a new, unpredictable key for every frame). One draw for many frames saves reaching the
+/// thread-local generator for each.
+pub(crate) struct MaskKeys {
+    keys: [[u8; 4]; KEYS_PER_DRAW],
+    /// How many of `keys` are used up.
+    used: usize,
+}
+
+const KEYS_PER_DRAW: usize = 8;
+
+impl Default for MaskKeys {
+    fn default() -> Self {
+        // None drawn yet: the first frame draws them, so an idle connection costs no draw.
+        MaskKeys {
+            keys: [[0; 4]; KEYS_PER_DRAW],
+            used: KEYS_PER_DRAW,
+        }
+    }
+}
+
+impl MaskKeys {
+    /// A key no frame has used.
+    pub(crate) fn next(&mut self) -> [u8; 4] {
+        if self.used == KEYS_PER_DRAW {
+            rand::fill(self.keys.as_flattened_mut());
+            self.used = 0;
+        }
+        self.used += 1;
+        self.keys[self.used - 1]
+    }
+}
+
+impl std::fmt::Debug for MaskKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys not used yet must stay unpredictable: never shown.
+        f.write_str("MaskKeys")
+    }
+}
 
 /// Appends `payload` to `dst`, masked with `key`.
 ///
@@ -12,28 +52,28 @@ use bytes::BytesMut;
 /// several parts (a close code, then its reason) is masked as one: byte `i` of the frame's payload
 /// is XORed with `key[i % 4]`.
 pub(super) fn extend_masked(dst: &mut BytesMut, payload: &[u8], key: [u8; 4], offset: usize) {
-    let mut key = key;
-    key.rotate_left(offset % 4);
+    let key: [u8; 4] = match offset % 4 {
+        0 => key,
+        shift => std::array::from_fn(|i| key[(i + shift) % 4]),
+    };
     // The key repeated over 8 bytes; XOR works byte by byte, so the byte order of the words does
     // not matter as long as data and key use the same one.
     let key_word = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
 
-    // Zero-filling the room first keeps this free of `unsafe`; it costs little next to the copy.
+    // Copied, then masked in place, a word at a time: a plain copy is cheaper than any masking
+    // copy of our own, and no `unsafe` is needed.
     let start = dst.len();
-    dst.resize(start + payload.len(), 0);
-    let mut out = dst[start..].chunks_exact_mut(8);
-    let mut input = payload.chunks_exact(8);
-    for (out, input) in (&mut out).zip(&mut input) {
-        let mut word = [0; 8];
-        word.copy_from_slice(input);
-        out.copy_from_slice(&(u64::from_ne_bytes(word) ^ key_word).to_ne_bytes());
+    dst.extend_from_slice(payload);
+    let mut words = dst[start..].chunks_exact_mut(8);
+    for word in &mut words {
+        let masked = u64::from_ne_bytes((&*word).try_into().expect("chunks of 8")) ^ key_word;
+        word.copy_from_slice(&masked.to_ne_bytes());
     }
     // Whole words keep the key aligned (8 is a multiple of 4), so the tail starts at key[0].
-    let tail = out.into_remainder().iter_mut().zip(input.remainder());
-    for (index, (out, input)) in tail.enumerate() {
-        *out = input ^ key[index % 4];
+    for (index, byte) in words.into_remainder().iter_mut().enumerate() {
+        *byte ^= key[index % 4];
     }
 }
 
@@ -61,6 +101,15 @@ mod tests {
                 assert_eq!(dst[4..], mask_bytewise(&payload[..len], key, offset));
             }
         }
+    }
+
+    #[test]
+    fn keys_are_fresh_across_draws() {
+        let mut keys = MaskKeys::default();
+        let drawn: Vec<[u8; 4]> = (0..10 * KEYS_PER_DRAW).map(|_| keys.next()).collect();
+        let distinct: std::collections::HashSet<_> = drawn.iter().collect();
+        // 80 random 32-bit keys collide with a chance of about one in a million.
+        assert_eq!(distinct.len(), drawn.len(), "a key came twice: {drawn:?}");
     }
 
     #[test]
