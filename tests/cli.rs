@@ -59,13 +59,18 @@ fn minch(args: &[&str]) -> Run {
 
 fn minch_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Run {
     let mut command = Command::new(BIN);
+    command.args(args);
+    configure(&mut command);
+    spawn(command)
+}
+
+/// Starts `command` (minch, or a shell running it) with its streams piped.
+fn spawn(mut command: Command) -> Run {
     command
-        .args(args)
         .env_remove("NO_COLOR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    configure(&mut command);
     let mut child = command.spawn().expect("start minch");
     let collect = |mut stream: Box<dyn Read + Send>| {
         let text = Arc::new(Mutex::new(String::new()));
@@ -307,6 +312,95 @@ fn close_command_sends_its_code_and_reason_and_exits_0() {
 }
 
 #[test]
+fn subprotocols_are_offered_and_the_chosen_one_is_shown() {
+    let server = TestServer::start();
+    let url = server.url("/subprotocol");
+    let run = minch(&[
+        &url,
+        "--subprotocol",
+        "v2.chat",
+        "--subprotocol",
+        "v1.chat",
+        "--no-stdin",
+    ]);
+    run.wait_stderr("(HTTP 101, subprotocol v2.chat)", 1);
+    let offered = server
+        .events()
+        .into_iter()
+        .find_map(|event| match event {
+            ServerEvent::Upgraded { headers, .. } => Some(headers),
+            _ => None,
+        })
+        .expect("an upgrade")
+        .into_iter()
+        .find(|(name, _)| name == "sec-websocket-protocol");
+    assert_eq!(
+        offered,
+        Some(("sec-websocket-protocol".into(), "v2.chat,v1.chat".into()))
+    );
+}
+
+#[test]
+fn ping_interval_sets_keepalive() {
+    let server = TestServer::start();
+    let mut run = minch(&[&server.url("/echo"), "--ping-interval", "0.1"]);
+    run.wait_stderr("connected to", 1);
+    assert!(server.wait_for_blocking(
+        |events| events.iter().any(|e| matches!(e, ServerEvent::Ping(_))),
+        WAIT
+    ));
+    std::thread::sleep(Duration::from_millis(200));
+    run.type_line("/stats");
+    run.wait_stderr("last keepalive round trip:", 1);
+    run.close_stdin();
+    let ended = run.finish();
+    ended.assert_code(0);
+    assert!(
+        !ended.stderr.contains("round trip: none yet"),
+        "{}",
+        ended.stderr
+    );
+
+    let off = minch(&[
+        &server.url("/echo"),
+        "--ping-interval",
+        "off",
+        "--send",
+        "x",
+        "--count",
+        "1",
+    ]);
+    off.finish().assert_code(0);
+}
+
+#[test]
+fn interrupt_closes_with_1000_and_exits_130() {
+    let server = TestServer::start();
+    let run = minch(&[&server.url("/echo"), "--no-stdin"]);
+    run.wait_stderr("connected to", 1);
+    let killed = Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    run.finish().assert_code(130);
+    assert!(
+        server.wait_for_blocking(
+            |events| events.iter().any(|e| matches!(
+                e,
+                ServerEvent::Close {
+                    code: Some(1000),
+                    ..
+                }
+            )),
+            WAIT
+        ),
+        "{:?}",
+        server.events()
+    );
+}
+
+#[test]
 fn headers_reach_the_server_and_their_values_are_never_printed() {
     let server = TestServer::start();
     let url = server.url("/echo");
@@ -403,6 +497,26 @@ fn colour_only_when_asked_for_or_on_a_terminal() {
     .finish();
     never.assert_code(0);
     assert!(!never.stderr.contains('\x1b'), "{never:?}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_session() {
+    let server = TestServer::start();
+    let mut command = Command::new("bash");
+    command.arg("-c").arg(format!(
+        "'{BIN}' '{}' --no-stdin --send one | head -n 1; echo \"codes=${{PIPESTATUS[*]}}\"",
+        server.url("/echo")
+    ));
+    let run = spawn(command);
+    run.wait_stdout("one");
+    // Frames keep coming after `head` has gone: the first that cannot be printed ends minch.
+    let deadline = Instant::now() + WAIT;
+    while !run.stdout().contains("codes=") && Instant::now() < deadline {
+        server.send_text("more");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = run.finish();
+    assert_eq!(ended.stdout, "one\ncodes=1 0\n", "{ended:?}");
 }
 
 // ---- exit codes --------------------------------------------------------------------------
@@ -769,6 +883,13 @@ fn interactive_session_in_a_terminal() {
         coloured.contains('\x1b'),
         "no colour on a terminal:\n{coloured}"
     );
+    // Escape sequences from the server are shown, not obeyed: this one would set the title.
+    server.send_text("\x1b]0;pwned\x07 title");
+    tmux.wait_screen("the escaped text", |screen| {
+        screen
+            .lines()
+            .any(|line| stamped(line, "\\u{1b}]0;pwned\\u{7} title"))
+    });
     tmux.type_line("/close");
     tmux.wait_screen("exit=0", |screen| screen.contains("exit=0"));
     assert_eq!(server.texts(), ["hello from tmux"]);

@@ -29,8 +29,8 @@ Any other line is sent as a text frame (without its line ending). Lines typed wh
 client is (re)connecting are sent once it is connected.
 
 Output: received frames go to stdout (text as is, binary as its length and a hex preview),
-everything else (status, errors, /stats) to stderr. Timestamps (UTC) and colour are on when
-the stream is a terminal; NO_COLOR (any non-empty value) turns colour off. Pings from the
+everything else (status, errors, /stats) to stderr. Timestamps (UTC) are on when stdout is a
+terminal, colour on each stream that is one; NO_COLOR (any non-empty value) turns colour off. Pings from the
 server are answered by the library and not shown; --show-control shows pongs and the
 server's close frame. Request header values are never printed.
 
@@ -39,24 +39,25 @@ the lines read were sent, unless --count or --timeout is still waiting for frame
 --send frames are sent again on every connection (so --reconnect resubscribes).
 
 Exit codes:
-  0  done: closed by you (/close, end of input, Ctrl-D), --count reached, or the server
-     closed normally (code 1000, 1001 or no code)
-  1  the connection ended before --count frames arrived, or another failure
-  2  usage error: bad arguments, invalid URL or header, unreadable --ca-file
-  3  could not connect: DNS, TCP, TLS, a connect/upgrade timeout, invalid handshake
-  4  the server rejected the WebSocket upgrade (an HTTP status other than 101)
-  5  the server broke the WebSocket protocol
-  6  --timeout elapsed
-  7  the server closed with an error code (not 1000 or 1001)
-  8  the connection was lost: reset, dropped without a close frame, no pong
-  130 interrupted (Ctrl-C)
+    0  done: closed by you (/close, end of input, Ctrl-D), --count reached, or the server
+       closed normally (code 1000, 1001 or no code)
+    1  the connection ended before --count frames arrived, or another failure
+    2  usage error: bad arguments, invalid URL or header, unreadable --ca-file
+    3  could not connect: DNS, TCP, TLS, a connect/upgrade timeout, invalid handshake
+    4  the server rejected the WebSocket upgrade (an HTTP status other than 101)
+    5  the server broke the WebSocket protocol
+    6  --timeout elapsed
+    7  the server closed with an error code (not 1000 or 1001)
+    8  the connection was lost: reset, dropped without a close frame, no pong
+  130  interrupted (Ctrl-C)
 With --reconnect every failure but a usage error is retried, so only 0, 2, 6 and 130 end it.
 
 Not yet supported by the library: proxies (--proxy) and compression (permessage-deflate).";
 
-/// An interactive and scriptable WebSocket client built on minch's actor client.
+/// An interactive and scriptable WebSocket client, built on minch's actor client: with
+/// --reconnect it stays connected, reconnecting with backoff.
 #[derive(Debug, Parser)]
-#[command(name = "minch", version, about, after_help = AFTER_HELP)]
+#[command(name = "minch", version, after_help = AFTER_HELP)]
 pub struct Args {
     /// The server: ws://host[:port]/path or wss://…
     pub url: String,
@@ -133,13 +134,12 @@ pub struct Args {
 }
 
 /// `auto`, `always` or `never`, for colour and timestamps.
+// The variants have no doc comments: clap would print them as a second, longer list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum When {
-    /// When the stream is a terminal (and, for colour, NO_COLOR is unset or empty).
+    // When the stream is a terminal (and, for colour, NO_COLOR is unset or empty).
     Auto,
-    /// Always.
     Always,
-    /// Never.
     Never,
 }
 

@@ -9,7 +9,10 @@ use std::{
 
 use minch::{CloseFrame, Frame};
 
-use crate::args::{Args, When};
+use crate::{
+    args::{Args, When},
+    exit::Exit,
+};
 
 /// Binary frames show at most this many bytes in hex.
 const HEX_PREVIEW: usize = 32;
@@ -139,8 +142,13 @@ impl Printer {
     fn out(&self, line: &str) {
         let line = format!("{}{line}\n", self.stamp(self.out_colour));
         let mut out = io::stdout().lock();
-        // A closed pipe (`| head -1`) is not worth a panic; the session ends on its own.
-        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+        if let Err(error) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+            // Whoever read the frames is gone (`| head -1`): nothing printed from now on would
+            // reach anyone. Rust ignores SIGPIPE, so end here as the signal would have.
+            if error.kind() == io::ErrorKind::BrokenPipe {
+                std::process::exit(Exit::Failed.code());
+            }
+        }
     }
 
     fn err(&self, line: &str) {

@@ -253,6 +253,7 @@ impl MinchHandler for Session {
             }
         }
         if self.ending.is_some() {
+            self.printer.status(&format!("disconnected: {reason}"));
             return Reconnect::Stop;
         }
         let mut exit = Exit::of(reason);
