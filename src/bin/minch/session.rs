@@ -58,6 +58,10 @@ pub struct Session {
     ending: Option<Exit>,
     /// `/ping` payloads waiting for their pong, and when they were sent.
     pings: VecDeque<(Vec<u8>, Instant)>,
+    /// Whether a connection is open (upgraded): what ends is a connection, not an attempt.
+    open: bool,
+    /// Connection attempts started.
+    attempts: u64,
     /// Tells the input task whether frames can be sent now.
     connected: watch::Sender<bool>,
     /// Tells `main` the exit code, at the final stop.
@@ -77,6 +81,8 @@ impl Session {
             received: 0,
             ending: None,
             pings: VecDeque::new(),
+            open: false,
+            attempts: 0,
             connected,
             done: Some(done),
         }
@@ -115,15 +121,17 @@ impl MinchHandler for Session {
         Ok(())
     }
 
-    fn connect(&mut self, ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+    fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+        self.attempts += 1;
         let request = &self.settings.request;
         self.printer.status(&format!(
-            "connecting to {}{}",
+            "{} to {}",
+            if self.attempts == 1 {
+                "connecting"
+            } else {
+                "reconnecting"
+            },
             shown_url(&request.url),
-            match ctx.attempt() {
-                0 => String::new(),
-                attempt => format!(" (attempt {})", attempt + 1),
-            }
         ));
         if !request.headers.is_empty() {
             let names: Vec<&str> = request
@@ -152,6 +160,7 @@ impl MinchHandler for Session {
         let names: Vec<&str> = response.headers.keys().map(|name| name.as_str()).collect();
         self.printer
             .detail(&format!("response headers: {}", names.join(", ")));
+        self.open = true;
         let _ = self.connected.send(true);
         // Replied here rather than sent from outside, so that they go before anything else on
         // each new connection: a subscription is renewed after every reconnect.
@@ -247,13 +256,18 @@ impl MinchHandler for Session {
         _ctx: &mut ClientContext<'_, Self>,
     ) -> Reconnect {
         let _ = self.connected.send(false);
+        let ended = if std::mem::take(&mut self.open) {
+            "disconnected"
+        } else {
+            "attempt failed"
+        };
         if let DisconnectReason::ServerClosed(close) = reason {
             if self.settings.show_control {
                 self.printer.close_frame(close.as_ref());
             }
         }
         if self.ending.is_some() {
-            self.printer.status(&format!("disconnected: {reason}"));
+            self.printer.status(&format!("{ended}: {reason}"));
             return Reconnect::Stop;
         }
         let mut exit = Exit::of(reason);
@@ -264,8 +278,9 @@ impl MinchHandler for Session {
         }
         if self.settings.reconnect {
             let delay = backoff_duration(attempt, BackoffOptions::default());
+            self.printer.status(&format!("{ended}: {reason}"));
             self.printer.status(&format!(
-                "disconnected: {reason}; reconnecting in {} (attempt {attempt})",
+                "reconnecting in {} (attempt {attempt})",
                 seconds(delay)
             ));
             return Reconnect::After(delay);
@@ -282,7 +297,7 @@ impl MinchHandler for Session {
                 self.settings.count.unwrap_or_default()
             ));
         } else if exit == Exit::Done {
-            self.printer.status(&format!("disconnected: {reason}"));
+            self.printer.status(&format!("{ended}: {reason}"));
         } else {
             self.printer.error(&reason.to_string());
         }
