@@ -231,6 +231,26 @@ fn send_and_count_round_trip_prints_each_frame_as_is() {
 }
 
 #[test]
+fn quiet_leaves_only_the_frames_and_verbose_shows_what_is_sent() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let quiet = minch(&[&url, "-q", "--send", "x", "--count", "1", "--no-stdin"]).finish();
+    quiet.assert_code(0);
+    assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("x\n", ""));
+
+    let mut verbose = minch(&[&url, "-v", "--count", "2", "--send", "x"]);
+    verbose.type_line("/binary 0a0b");
+    let verbose = verbose.finish();
+    verbose.assert_code(0);
+    assert!(verbose.stderr.contains("> x\n"), "{}", verbose.stderr);
+    assert!(
+        verbose.stderr.contains("> [binary 2 bytes] 0a 0b\n"),
+        "{}",
+        verbose.stderr
+    );
+}
+
+#[test]
 fn stdin_lines_and_commands_are_sent_then_end_of_input_closes_with_1000() {
     let server = TestServer::start();
     let url = server.url("/echo");
@@ -239,6 +259,7 @@ fn stdin_lines_and_commands_are_sent_then_end_of_input_closes_with_1000() {
     run.type_line("/binary 48 69 ff");
     run.type_line("//slash");
     run.type_line("/nope");
+    run.stdin.as_mut().unwrap().write_all(b"\xff\n").unwrap();
     run.type_line("two\r");
     run.close_stdin();
     let ended = run.finish();
@@ -246,6 +267,13 @@ fn stdin_lines_and_commands_are_sent_then_end_of_input_closes_with_1000() {
     assert_eq!(
         ended.stdout,
         "one\n[binary 3 bytes] 48 69 ff\n/slash\ntwo\n"
+    );
+    assert!(
+        ended
+            .stderr
+            .contains("error: line 5 of stdin is not UTF-8; not sent"),
+        "{}",
+        ended.stderr
     );
     assert!(
         ended.stderr.contains("error: unknown command /nope"),

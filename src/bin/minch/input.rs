@@ -48,10 +48,13 @@ pub fn read_stdin() -> mpsc::Receiver<Line> {
                             format!("line {number} of stdin is not UTF-8; not sent (use /binary)")
                         })
                     }
-                    Err(error) => Err(format!("reading stdin: {error}")),
+                    Err(error) => {
+                        // Taken as the end of input: the session closes as at end of file.
+                        let _ = lines.blocking_send(Err(format!("reading stdin: {error}")));
+                        break;
+                    }
                 };
-                let failed = matches!(&line, Err(message) if message.starts_with("reading"));
-                if lines.blocking_send(line).is_err() || failed {
+                if lines.blocking_send(line).is_err() {
                     break;
                 }
             }

@@ -99,8 +99,8 @@ impl Session {
     }
 
     fn pong(&mut self, payload: &[u8]) {
-        if let Some(at) = self.pings.iter().position(|(sent, _)| sent == payload) {
-            let (_, sent_at) = self.pings.remove(at).unwrap_or_else(|| unreachable!());
+        let at = self.pings.iter().position(|(sent, _)| sent == payload);
+        if let Some((_, sent_at)) = at.and_then(|at| self.pings.remove(at)) {
             self.printer
                 .status(&format!("pong after {}", millis(sent_at.elapsed())));
         }
