@@ -1,5 +1,6 @@
 //! The `minch` command-line client, run as a process against real servers on 127.0.0.1:
-//! its output through pipes, its exit codes, and one session in a real terminal (tmux).
+//! its output through pipes, its exit codes, and interactive sessions in a real terminal
+//! (tmux; those tests are skipped, with a message, where tmux is not installed).
 //!
 //! ```sh
 //! cargo test --features cli --test cli
@@ -801,9 +802,12 @@ fn interop_with_python_websockets() {
 
 // ---- a real terminal ---------------------------------------------------------------------
 
-/// A tmux server of its own (its own socket), killed when dropped, even when the test fails.
+/// A tmux server of its own (its own socket) with one session, both named uniquely, killed
+/// when dropped, even when the test fails.
 struct Tmux {
     socket: String,
+    /// The socket's file, removed at the end: tmux leaves it behind.
+    socket_path: Option<String>,
 }
 
 impl Tmux {
@@ -814,7 +818,8 @@ impl Tmux {
             return None;
         }
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let tmux = Tmux {
+        let mut tmux = Tmux {
+            socket_path: None,
             socket: format!(
                 "minch-cli-test-{}-{}",
                 std::process::id(),
@@ -827,13 +832,15 @@ impl Tmux {
             "new-session",
             "-d",
             "-s",
-            "cli",
+            &tmux.socket,
             "-x",
             "120",
             "-y",
             "30",
             &script,
         ]);
+        let path = tmux.run(&["display-message", "-p", "#{socket_path}"]);
+        tmux.socket_path = Some(path.trim().to_owned());
         Some(tmux)
     }
 
@@ -848,12 +855,12 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "cli"])
+        self.run(&["capture-pane", "-p", "-t", &self.socket])
     }
 
     /// The screen with its colours, as escape sequences.
     fn screen_with_colours(&self) -> String {
-        self.run(&["capture-pane", "-p", "-e", "-t", "cli"])
+        self.run(&["capture-pane", "-p", "-e", "-t", &self.socket])
     }
 
     #[track_caller]
@@ -873,8 +880,8 @@ impl Tmux {
     }
 
     fn type_line(&self, line: &str) {
-        self.run(&["send-keys", "-t", "cli", "-l", line]);
-        self.run(&["send-keys", "-t", "cli", "Enter"]);
+        self.run(&["send-keys", "-t", &self.socket, "-l", line]);
+        self.run(&["send-keys", "-t", &self.socket, "Enter"]);
     }
 }
 
@@ -883,6 +890,9 @@ impl Drop for Tmux {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .output();
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -943,6 +953,6 @@ fn no_color_turns_colour_off_in_a_terminal() {
         "colour despite NO_COLOR:\n{coloured:?}"
     );
     // Ctrl-D: the end of input closes the connection.
-    tmux.run(&["send-keys", "-t", "cli", "C-d"]);
+    tmux.run(&["send-keys", "-t", &tmux.socket, "C-d"]);
     tmux.wait_screen("exit=0", |screen| screen.contains("exit=0"));
 }

@@ -195,11 +195,8 @@ impl MinchHandler for Session {
                 }
                 self.pong(payload);
             }
-            _ => {
-                if self.settings.show_control {
-                    self.printer.frame(&frame);
-                }
-            }
+            // Pings are answered and close frames handled by the client: they never get here.
+            _ => {}
         }
         Reply::Continue
     }
