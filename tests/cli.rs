@@ -3,7 +3,7 @@
 //! (tmux; those tests are skipped, with a message, where tmux is not installed).
 //!
 //! ```sh
-//! cargo test --features cli --test cli
+//! cargo test --features cli --bin minch --test cli
 //! ```
 //!
 //! Every run of the binary is bounded: it is killed (and the test fails with its output)
