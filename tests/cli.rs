@@ -1,0 +1,958 @@
+//! The `minch` command-line client, run as a process against real servers on 127.0.0.1:
+//! its output through pipes, its exit codes, and interactive sessions in a real terminal
+//! (tmux; those tests are skipped, with a message, where tmux is not installed).
+//!
+//! ```sh
+//! cargo test --features cli --bin minch --test cli
+//! ```
+//!
+//! Every run of the binary is bounded: it is killed (and the test fails with its output)
+//! if it has not exited within [`RUN_LIMIT`].
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use support::{
+    opcode, python_echo_server, scripted_ws_server, silent_tcp_server, RawFrame, ServerEvent, Step,
+    TestServer,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_minch");
+
+/// The longest a run of the binary may take before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long to wait for a line of output.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `minch`, its output collected as it comes.
+struct Run {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+struct Ended {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Starts `minch` with these arguments, stdin, stdout and stderr piped, and colour left to
+/// its defaults (NO_COLOR removed from the environment).
+fn minch(args: &[&str]) -> Run {
+    minch_with(args, |_| {})
+}
+
+fn minch_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Run {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    configure(&mut command);
+    spawn(command)
+}
+
+/// Starts `command` (minch, or a shell running it) with its streams piped.
+fn spawn(mut command: Command) -> Run {
+    command
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start minch");
+    let collect = |mut stream: Box<dyn Read + Send>| {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                sink.lock().unwrap().push_str(&chunk);
+            }
+        });
+        text
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    Run {
+        stdin: child.stdin.take(),
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle` `times` times; panics with the output otherwise.
+    #[track_caller]
+    fn wait_stderr(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.stderr().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} (x{times}) on stderr in {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[track_caller]
+    fn wait_stdout(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.stdout().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on stdout in {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to minch's stdin");
+        stdin.flush().expect("flush minch's stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the exit (at most [`RUN_LIMIT`]), then for the rest of the output.
+    #[track_caller]
+    fn finish(mut self) -> Ended {
+        let deadline = Instant::now() + RUN_LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for minch") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "minch did not exit within {RUN_LIMIT:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The readers end at the pipes' end, right after the exit.
+        std::thread::sleep(Duration::from_millis(100));
+        Ended {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ended {
+    #[track_caller]
+    fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+// ---- sending and receiving ---------------------------------------------------------------
+
+#[test]
+fn send_and_count_round_trip_prints_each_frame_as_is() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let run = minch(&[
+        &url,
+        "--send",
+        "hello",
+        "--send",
+        "wörld ✓",
+        "--count",
+        "2",
+        "--no-stdin",
+    ]);
+    let ended = run.finish();
+    ended.assert_code(0);
+    // Not a terminal: no timestamps, no colour, text exactly as received.
+    assert_eq!(ended.stdout, "hello\nwörld ✓\n");
+    assert!(
+        ended.stderr.contains("connected to ws://127.0.0.1:"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(server.texts(), ["hello", "wörld ✓"]);
+}
+
+#[test]
+fn quiet_leaves_only_the_frames_and_verbose_shows_what_is_sent() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let quiet = minch(&[&url, "-q", "--send", "x", "--count", "1", "--no-stdin"]).finish();
+    quiet.assert_code(0);
+    assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("x\n", ""));
+
+    let mut verbose = minch(&[&url, "-v", "--count", "2", "--send", "x"]);
+    verbose.type_line("/binary 0a0b");
+    let verbose = verbose.finish();
+    verbose.assert_code(0);
+    assert!(verbose.stderr.contains("> x\n"), "{}", verbose.stderr);
+    assert!(
+        verbose.stderr.contains("> [binary 2 bytes] 0a 0b\n"),
+        "{}",
+        verbose.stderr
+    );
+}
+
+#[test]
+fn stdin_lines_and_commands_are_sent_then_end_of_input_closes_with_1000() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let mut run = minch(&[&url, "--count", "4"]);
+    run.type_line("one");
+    run.type_line("/binary 48 69 ff");
+    run.type_line("//slash");
+    run.type_line("/nope");
+    run.stdin.as_mut().unwrap().write_all(b"\xff\n").unwrap();
+    run.type_line("two\r");
+    run.close_stdin();
+    let ended = run.finish();
+    ended.assert_code(0);
+    assert_eq!(
+        ended.stdout,
+        "one\n[binary 3 bytes] 48 69 ff\n/slash\ntwo\n"
+    );
+    assert!(
+        ended
+            .stderr
+            .contains("error: line 5 of stdin is not UTF-8; not sent"),
+        "{}",
+        ended.stderr
+    );
+    assert!(
+        ended.stderr.contains("error: unknown command /nope"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(server.texts(), ["one", "/slash", "two"]);
+    assert_eq!(server.binaries(), [vec![0x48, 0x69, 0xff]]);
+}
+
+#[test]
+fn end_of_input_closes_after_the_sends_with_code_1000() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let mut run = minch(&[&url, "--send", "first"]);
+    run.type_line("second");
+    run.close_stdin();
+    let ended = run.finish();
+    ended.assert_code(0);
+    assert_eq!(server.texts(), ["first", "second"]);
+    assert!(
+        server.wait_for_blocking(
+            |events| events.iter().any(|e| matches!(
+                e,
+                ServerEvent::Close {
+                    code: Some(1000),
+                    ..
+                }
+            )),
+            WAIT
+        ),
+        "{:?}",
+        server.events()
+    );
+}
+
+#[test]
+fn close_command_sends_its_code_and_reason_and_exits_0() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let mut run = minch(&[&url]);
+    run.wait_stderr("connected to", 1);
+    run.type_line("/ping abc");
+    run.wait_stderr("pong after", 1);
+    run.type_line("/stats");
+    run.wait_stderr("last keepalive round trip", 1);
+    run.type_line("/close 4000 see you");
+    let ended = run.finish();
+    ended.assert_code(0);
+    assert!(
+        server.wait_for_blocking(
+            |events| events.iter().any(|e| matches!(
+                e,
+                ServerEvent::Close { code: Some(4000), reason } if reason == "see you"
+            )),
+            WAIT
+        ),
+        "{:?}",
+        server.events()
+    );
+    assert!(server
+        .events()
+        .contains(&ServerEvent::Ping(b"abc".to_vec())));
+}
+
+#[test]
+fn subprotocols_are_offered_and_the_chosen_one_is_shown() {
+    let server = TestServer::start();
+    let url = server.url("/subprotocol");
+    let run = minch(&[
+        &url,
+        "--subprotocol",
+        "v2.chat",
+        "--subprotocol",
+        "v1.chat",
+        "--no-stdin",
+    ]);
+    run.wait_stderr("(HTTP 101, subprotocol v2.chat)", 1);
+    let offered = server
+        .events()
+        .into_iter()
+        .find_map(|event| match event {
+            ServerEvent::Upgraded { headers, .. } => Some(headers),
+            _ => None,
+        })
+        .expect("an upgrade")
+        .into_iter()
+        .find(|(name, _)| name == "sec-websocket-protocol");
+    assert_eq!(
+        offered,
+        Some(("sec-websocket-protocol".into(), "v2.chat,v1.chat".into()))
+    );
+}
+
+#[test]
+fn ping_interval_sets_keepalive() {
+    let server = TestServer::start();
+    let mut run = minch(&[&server.url("/echo"), "--ping-interval", "0.1"]);
+    run.wait_stderr("connected to", 1);
+    assert!(server.wait_for_blocking(
+        |events| events.iter().any(|e| matches!(e, ServerEvent::Ping(_))),
+        WAIT
+    ));
+    // The keepalive pong may still be on its way: ask again until /stats has a round trip.
+    let deadline = Instant::now() + WAIT;
+    for asked in 1.. {
+        run.type_line("/stats");
+        run.wait_stderr("last keepalive round trip:", asked);
+        if run.stderr().matches("round trip: none yet").count() < asked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", run.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.close_stdin();
+    run.finish().assert_code(0);
+
+    let off = minch(&[
+        &server.url("/echo"),
+        "--ping-interval",
+        "off",
+        "--send",
+        "x",
+        "--count",
+        "1",
+    ]);
+    off.finish().assert_code(0);
+}
+
+#[test]
+fn interrupt_closes_with_1000_and_exits_130() {
+    let server = TestServer::start();
+    let run = minch(&[&server.url("/echo"), "--no-stdin"]);
+    run.wait_stderr("connected to", 1);
+    let killed = Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    run.finish().assert_code(130);
+    assert!(
+        server.wait_for_blocking(
+            |events| events.iter().any(|e| matches!(
+                e,
+                ServerEvent::Close {
+                    code: Some(1000),
+                    ..
+                }
+            )),
+            WAIT
+        ),
+        "{:?}",
+        server.events()
+    );
+}
+
+#[test]
+fn headers_reach_the_server_and_their_values_are_never_printed() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let run = minch(&[
+        &url,
+        "--header",
+        "X-Api-Token: s3cret-value",
+        "-H",
+        "X-Other:two",
+        "--verbose",
+        "--no-stdin",
+        "--send",
+        "hi",
+        "--count",
+        "1",
+    ]);
+    let ended = run.finish();
+    ended.assert_code(0);
+    let headers = server
+        .events()
+        .into_iter()
+        .find_map(|event| match event {
+            ServerEvent::Upgraded { headers, .. } => Some(headers),
+            _ => None,
+        })
+        .expect("an upgrade");
+    assert!(
+        headers.contains(&("x-api-token".into(), "s3cret-value".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-other".into(), "two".into())),
+        "{headers:?}"
+    );
+    assert!(ended.stderr.contains("X-Api-Token"), "{}", ended.stderr);
+    assert!(!ended.stderr.contains("s3cret"), "{}", ended.stderr);
+    assert!(!ended.stdout.contains("s3cret"), "{}", ended.stdout);
+}
+
+#[test]
+fn show_control_prints_the_servers_close_frame() {
+    let server = TestServer::start();
+    let url = server.url("/close?code=1000&reason=bye");
+    let ended = minch(&[&url, "--no-stdin", "--show-control"]).finish();
+    ended.assert_code(0);
+    assert_eq!(ended.stdout, "[close 1000] bye\n");
+}
+
+#[test]
+fn colour_only_when_asked_for_or_on_a_terminal() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let plain = minch(&[&url, "--send", "x", "--count", "1", "--no-stdin"]).finish();
+    plain.assert_code(0);
+    assert!(
+        !plain.stdout.contains('\x1b') && !plain.stderr.contains('\x1b'),
+        "{plain:?}"
+    );
+
+    let binary_args = [
+        url.as_str(),
+        "--count",
+        "1",
+        "--color",
+        "always",
+        "--timestamps",
+        "always",
+    ];
+    let mut forced = minch(&binary_args);
+    forced.type_line("/binary 00");
+    let forced = forced.finish();
+    forced.assert_code(0);
+    assert!(
+        forced.stdout.contains("\x1b[36m[binary 1 bytes]\x1b[0m 00"),
+        "{forced:?}"
+    );
+    assert!(forced.stderr.contains('\x1b'), "{forced:?}");
+
+    let never = minch_with(
+        &[
+            &url,
+            "--send",
+            "x",
+            "--count",
+            "1",
+            "--no-stdin",
+            "--color",
+            "never",
+        ],
+        |c| {
+            c.env("NO_COLOR", "1");
+        },
+    )
+    .finish();
+    never.assert_code(0);
+    assert!(!never.stderr.contains('\x1b'), "{never:?}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_session() {
+    let server = TestServer::start();
+    let mut command = Command::new("bash");
+    command.arg("-c").arg(format!(
+        "'{BIN}' '{}' --no-stdin --send one | head -n 1; echo \"codes=${{PIPESTATUS[*]}}\"",
+        server.url("/echo")
+    ));
+    let run = spawn(command);
+    run.wait_stdout("one");
+    // Frames keep coming after `head` has gone: the first that cannot be printed ends minch.
+    let deadline = Instant::now() + WAIT;
+    while !run.stdout().contains("codes=") && Instant::now() < deadline {
+        server.send_text("more");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ended = run.finish();
+    assert_eq!(ended.stdout, "one\ncodes=1 0\n", "{ended:?}");
+}
+
+// ---- exit codes --------------------------------------------------------------------------
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["ws://127.0.0.1:1/", "--header", "no colon here"],
+        vec!["ws://127.0.0.1:1/", "--count", "0"],
+        vec!["ws://127.0.0.1:1/", "--ping-interval", "-3"],
+        vec!["ws://127.0.0.1:1/", "--ca-file", "/nonexistent/ca.pem"],
+        vec!["http://127.0.0.1:1/", "--no-stdin"],
+        vec![
+            "ws://127.0.0.1:1/",
+            "--subprotocol",
+            "bad protocol",
+            "--no-stdin",
+        ],
+    ] {
+        let ended = minch(&args).finish();
+        assert_eq!(ended.code, Some(2), "{args:?}: {ended:?}");
+        assert!(ended.stderr.contains("error"), "{args:?}: {ended:?}");
+    }
+}
+
+#[test]
+fn connection_refused_exits_3() {
+    let url = format!("ws://127.0.0.1:{}/", closed_port());
+    let ended = minch(&[&url, "--no-stdin"]).finish();
+    ended.assert_code(3);
+    assert!(
+        ended.stderr.contains("could not connect"),
+        "{}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_the_upgrade_exits_3_after_connect_timeout() {
+    let server = silent_tcp_server();
+    let started = Instant::now();
+    let ended = minch(&[&server.url("/"), "--no-stdin", "--connect-timeout", "0.5"]).finish();
+    ended.assert_code(3);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        ended
+            .stderr
+            .contains("did not answer the WebSocket upgrade"),
+        "{}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn a_rejected_upgrade_exits_4_with_the_status() {
+    let server = TestServer::start();
+    let ended = minch(&[&server.url("/reject401"), "--no-stdin"]).finish();
+    ended.assert_code(4);
+    assert!(ended.stderr.contains("401"), "{}", ended.stderr);
+
+    let ended = minch(&[&server.url("/no/such/path"), "--no-stdin"]).finish();
+    ended.assert_code(4);
+    assert!(ended.stderr.contains("404"), "{}", ended.stderr);
+}
+
+#[test]
+fn a_protocol_error_exits_5() {
+    // RSV1 set with no extension negotiated: the client must fail the connection.
+    let server = scripted_ws_server(vec![
+        Step::Send(RawFrame::new(opcode::TEXT, "x").rsv(0b100).bytes()),
+        Step::WaitClose(Duration::from_secs(5)),
+    ]);
+    let ended = minch(&[&server.url("/"), "--no-stdin"]).finish();
+    ended.assert_code(5);
+    assert!(ended.stderr.contains("protocol error"), "{}", ended.stderr);
+}
+
+#[test]
+fn timeout_exits_6() {
+    let server = TestServer::start();
+    let started = Instant::now();
+    let ended = minch(&[&server.url("/silent"), "--no-stdin", "--timeout", "1"]).finish();
+    ended.assert_code(6);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(ended.stderr.contains("--timeout"), "{}", ended.stderr);
+}
+
+#[test]
+fn a_timeout_waits_for_count_after_end_of_input() {
+    let server = TestServer::start();
+    // stdin is empty: the session waits for frames that never come, until --timeout.
+    let mut run = minch(&[&server.url("/silent"), "--count", "1", "--timeout", "1"]);
+    run.close_stdin();
+    run.finish().assert_code(6);
+}
+
+#[test]
+fn a_close_with_an_error_code_exits_7() {
+    let server = TestServer::start();
+    let ended = minch(&[&server.url("/close?code=4001&reason=go+away"), "--no-stdin"]).finish();
+    ended.assert_code(7);
+    assert!(ended.stderr.contains("4001"), "{}", ended.stderr);
+}
+
+#[test]
+fn a_normal_close_before_count_exits_1() {
+    let server = TestServer::start();
+    let ended = minch(&[
+        &server.url("/close?code=1000"),
+        "--no-stdin",
+        "--count",
+        "3",
+    ])
+    .finish();
+    ended.assert_code(1);
+    assert!(ended.stderr.contains("0 of 3 frames"), "{}", ended.stderr);
+}
+
+#[test]
+fn a_dropped_connection_exits_8() {
+    let server = TestServer::start();
+    let run = minch(&[&server.url("/echo"), "--no-stdin"]);
+    run.wait_stderr("connected to", 1);
+    assert!(server.wait_live_connections_blocking(1, WAIT));
+    server.drop_all();
+    run.finish().assert_code(8);
+}
+
+// ---- staying connected -------------------------------------------------------------------
+
+#[test]
+fn reconnect_prints_the_backoff_and_sends_again_on_the_new_connection() {
+    let server = TestServer::start();
+    let run = minch(&[
+        &server.url("/echo"),
+        "--reconnect",
+        "--no-stdin",
+        "--send",
+        "subscribe",
+        "--count",
+        "3",
+        "--timeout",
+        "20",
+    ]);
+    run.wait_stdout("subscribe");
+    assert!(server.wait_live_connections_blocking(1, WAIT));
+    server.drop_all();
+    run.wait_stderr("reconnecting in 200 ms (attempt 1)", 1);
+    run.wait_stderr("connected to", 2);
+    assert!(server.wait_live_connections_blocking(1, WAIT));
+    // The --send frame went again on the new connection and was echoed.
+    server.send_text("after the reconnect");
+    let ended = run.finish();
+    ended.assert_code(0);
+    assert_eq!(ended.stdout, "subscribe\nsubscribe\nafter the reconnect\n");
+    assert_eq!(server.texts(), ["subscribe", "subscribe"]);
+}
+
+#[test]
+fn reconnect_keeps_trying_a_server_that_is_down_with_growing_delays() {
+    let url = format!("ws://127.0.0.1:{}/", closed_port());
+    let run = minch(&[&url, "--reconnect", "--no-stdin", "--timeout", "1.5"]);
+    let ended = run.finish();
+    ended.assert_code(6);
+    assert!(
+        ended.stderr.contains("reconnecting in 200 ms (attempt 1)"),
+        "{}",
+        ended.stderr
+    );
+    assert!(
+        ended.stderr.contains("reconnecting in 800 ms (attempt 2)"),
+        "{}",
+        ended.stderr
+    );
+}
+
+// ---- TLS ---------------------------------------------------------------------------------
+
+#[test]
+fn tls_with_a_ca_file_or_insecure() {
+    let server = TestServer::start_tls();
+    let url = server.url("/echo");
+
+    let untrusted = minch(&[&url, "--no-stdin"]).finish();
+    untrusted.assert_code(3);
+    assert!(untrusted.stderr.contains("TLS"), "{}", untrusted.stderr);
+
+    let dir = std::env::temp_dir().join(format!("minch-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, server.cert_pem()).unwrap();
+    let trusted = minch(&[
+        &url,
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--send",
+        "tls",
+        "--count",
+        "1",
+        "--no-stdin",
+    ])
+    .finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    trusted.assert_code(0);
+    assert_eq!(trusted.stdout, "tls\n");
+    assert!(!trusted.stderr.contains("warning"), "{}", trusted.stderr);
+
+    let insecure = minch(&[
+        &url,
+        "--insecure",
+        "--send",
+        "tls",
+        "--count",
+        "1",
+        "--no-stdin",
+    ])
+    .finish();
+    insecure.assert_code(0);
+    assert!(
+        insecure.stderr.contains("warning: --insecure"),
+        "{}",
+        insecure.stderr
+    );
+}
+
+// ---- another server ----------------------------------------------------------------------
+
+#[test]
+fn interop_with_python_websockets() {
+    let server = match python_echo_server() {
+        Ok(server) => server,
+        Err(reason) => panic!("the Python websockets peer could not be started: {reason}"),
+    };
+    let mut run = minch(&[&server.url("/"), "--send", "from --send", "--count", "3"]);
+    run.type_line("from stdin");
+    run.type_line("/binary 01 02 03");
+    let ended = run.finish();
+    ended.assert_code(0);
+    assert_eq!(
+        ended.stdout,
+        "from --send\nfrom stdin\n[binary 3 bytes] 01 02 03\n"
+    );
+}
+
+// ---- a real terminal ---------------------------------------------------------------------
+
+/// A tmux server of its own (its own socket) with one session, both named uniquely, killed
+/// when dropped, even when the test fails.
+struct Tmux {
+    socket: String,
+    /// The socket's file, removed at the end: tmux leaves it behind.
+    socket_path: Option<String>,
+}
+
+impl Tmux {
+    /// None (and a message) when tmux is not installed.
+    fn start(command: &str) -> Option<Tmux> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
+            return None;
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let mut tmux = Tmux {
+            socket_path: None,
+            socket: format!(
+                "minch-cli-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        // The shell stays after minch exits, so that its exit code can be read from the pane.
+        let script = format!("{command}; echo \"exit=$?\"; sleep 60");
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            &tmux.socket,
+            "-x",
+            "120",
+            "-y",
+            "30",
+            &script,
+        ]);
+        let path = tmux.run(&["display-message", "-p", "#{socket_path}"]);
+        tmux.socket_path = Some(path.trim().to_owned());
+        Some(tmux)
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(output.status.success(), "tmux {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", &self.socket])
+    }
+
+    /// The screen with its colours, as escape sequences.
+    fn screen_with_colours(&self) -> String {
+        self.run(&["capture-pane", "-p", "-e", "-t", &self.socket])
+    }
+
+    #[track_caller]
+    fn wait_screen(&self, what: &str, found: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if found(&screen) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} on the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn type_line(&self, line: &str) {
+        self.run(&["send-keys", "-t", &self.socket, "-l", line]);
+        self.run(&["send-keys", "-t", &self.socket, "Enter"]);
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Whether a line is a received frame with its timestamp: `HH:MM:SS.mmm text`.
+fn stamped(line: &str, text: &str) -> bool {
+    let Some((stamp, rest)) = line.split_once(' ') else {
+        return false;
+    };
+    let digits = stamp.bytes().filter(u8::is_ascii_digit).count();
+    rest == text && stamp.len() == 12 && digits == 9 && &stamp[2..3] == ":" && &stamp[8..9] == "."
+}
+
+#[test]
+fn interactive_session_in_a_terminal() {
+    let server = TestServer::start();
+    let command = format!("env -u NO_COLOR '{BIN}' '{}'", server.url("/echo"));
+    let Some(tmux) = Tmux::start(&command) else {
+        return;
+    };
+    tmux.wait_screen("the connection", |screen| screen.contains("connected to"));
+    tmux.type_line("hello from tmux");
+    // Once as typed (the terminal's echo), once as received, with a timestamp.
+    tmux.wait_screen("the echo", |screen| {
+        screen.lines().any(|line| stamped(line, "hello from tmux"))
+    });
+    let coloured = tmux.screen_with_colours();
+    assert!(
+        coloured.contains('\x1b'),
+        "no colour on a terminal:\n{coloured}"
+    );
+    // Escape sequences from the server are shown, not obeyed: this one would set the title.
+    server.send_text("\x1b]0;pwned\x07 title");
+    tmux.wait_screen("the escaped text", |screen| {
+        screen
+            .lines()
+            .any(|line| stamped(line, "\\u{1b}]0;pwned\\u{7} title"))
+    });
+    tmux.type_line("/close");
+    tmux.wait_screen("exit=0", |screen| screen.contains("exit=0"));
+    assert_eq!(server.texts(), ["hello from tmux"]);
+}
+
+#[test]
+fn no_color_turns_colour_off_in_a_terminal() {
+    let server = TestServer::start();
+    let command = format!("env NO_COLOR=1 '{BIN}' '{}'", server.url("/echo"));
+    let Some(tmux) = Tmux::start(&command) else {
+        return;
+    };
+    tmux.wait_screen("the connection", |screen| screen.contains("connected to"));
+    tmux.type_line("/binary 0102");
+    tmux.wait_screen("the echo", |screen| {
+        screen.contains("[binary 2 bytes] 01 02")
+    });
+    let coloured = tmux.screen_with_colours();
+    assert!(
+        !coloured.contains("\x1b["),
+        "colour despite NO_COLOR:\n{coloured:?}"
+    );
+    // Ctrl-D: the end of input closes the connection.
+    tmux.run(&["send-keys", "-t", &tmux.socket, "C-d"]);
+    tmux.wait_screen("exit=0", |screen| screen.contains("exit=0"));
+}
