@@ -14,7 +14,8 @@
 //! # A case
 //!
 //! * **options**: keepalive off, `close_timeout` 300 ms, `max_buffered_bytes` 1 B–64 KiB,
-//!   `max_queue` 1–8, `max_queue_bytes` 1 B–16 KiB (or the default 16 MiB);
+//!   `max_queue` 1–8 (or 1 024, or 100 000), `max_queue_bytes` 1 B–16 KiB (or the default
+//!   16 MiB);
 //! * **0–40 steps**, run in order by the test's task (each await bounded); about one step in
 //!   twenty closes, so that about half the cases stay open through their steps:
 //!   - sending: `feed` (1–30 frames: small, 1–20 KB, bigger than `max_buffered_bytes`, or
@@ -31,7 +32,7 @@
 //!     `next` with a timeout, taking all that is queued, doing nothing for 1–60 ms, or
 //!     dropping `Frames` (rarely);
 //!   - the server (each command carried out before the next step): echo on/off, stop reading
-//!     for 20–300 ms (its receive buffer is 8 KiB), resume, a burst of 1–20 numbered frames,
+//!     for 20–300 ms (its receive buffer is 8 KiB), resume, a burst of 1–20 numbered frames (or 300–1 200 small ones),
 //!     a ping, a close with a random valid code, a TCP reset;
 //! * **the end**: the server reads again; the test takes what is queued, then closes (`close()`,
 //!   `SinkExt::close`, or dropping every handle; sometimes while receiving, sometimes not, so
@@ -246,6 +247,13 @@ enum Op {
     Receive {
         ms: u64,
     },
+    /// Waits in `receive_frame` (or the `Stream`) while the server sends a burst: the frames
+    /// land on a waiting receiver, which the connection hands them to a part at a time.
+    ReceiveDuringBurst {
+        ms: u64,
+        burst: Cmd,
+        stream: bool,
+    },
     Next {
         ms: u64,
     },
@@ -280,7 +288,9 @@ enum Cmd {
 fn case() -> impl Strategy<Value = Case> {
     (
         prop_oneof![3 => 8192..=65536usize, 3 => 512..=8192usize, 2 => 1..=512usize],
-        1..=8usize,
+        // Large queues let a burst spend the connection's read budget, so that a waiting
+        // receiver is handed frames a part at a time (the hand-over pause).
+        prop_oneof![4 => 1..=8usize, 1 => Just(1024usize), 1 => Just(100_000usize)],
         prop_oneof![1 => Just(16usize << 20), 2 => 256..=16384usize, 1 => 1..=256usize],
         any::<bool>(),
         prop::collection::vec(op(), 0..=40),
@@ -344,6 +354,9 @@ fn cmd() -> impl Strategy<Value = Cmd> {
             any::<bool>(),
         )
             .prop_map(|(n, pad, binary)| Cmd::Burst { n, pad, binary }),
+        // More small frames than the connection reads per wake-up (256).
+        1 => (300..=1200usize, 0..32usize, any::<bool>())
+            .prop_map(|(n, pad, binary)| Cmd::Burst { n, pad, binary }),
         6 => (20..=300u64).prop_map(Cmd::Pause),
         2 => Just(Cmd::Resume),
         2 => any::<bool>().prop_map(Cmd::Echo),
@@ -360,6 +373,13 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         16 => Just(Op::TryReceive),
         16 => (0..=30u64).prop_map(|ms| Op::Receive { ms }),
+        4 => (
+            5..=30u64,
+            (1..=1200usize, 0..32usize, any::<bool>())
+                .prop_map(|(n, pad, binary)| Cmd::Burst { n, pad, binary }),
+            any::<bool>(),
+        )
+            .prop_map(|(ms, burst, stream)| Op::ReceiveDuringBurst { ms, burst, stream }),
         24 => (
             h.clone(),
             prop_oneof![4 => Just(1usize), 2 => 2..=8usize, 1 => 9..=30usize],
@@ -1766,6 +1786,18 @@ async fn run_ops(
             }
             Op::Receive { ms } => {
                 receive(st, rx, *ms).await;
+                true
+            }
+            Op::ReceiveDuringBurst { ms, burst, stream } => {
+                st.borrow_mut()
+                    .event(format!("server ← {burst:?}, while receiving"));
+                // Not waited for: the receive below is what waits for it.
+                let _ = server.cmds.send((burst.clone(), None));
+                if *stream {
+                    next(st, rx, *ms).await;
+                } else {
+                    receive(st, rx, *ms).await;
+                }
                 true
             }
             Op::Next { ms } => {
