@@ -1,6 +1,6 @@
 //! The behaviour a user implements: [`MinchHandler`], and what its callbacks receive and return.
 
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
 use actix::{Addr, AsyncContext};
 
@@ -72,7 +72,8 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     type Info: 'static;
 
     /// Runs once when the client starts, before the first connection attempt. An error stops
-    /// the client: [`terminate`](Self::terminate) gets [`StopReason::InitFailed`].
+    /// the client: [`terminate`](Self::terminate) gets [`StopReason::InitFailed`] with the
+    /// error itself, which can be downcast to its type.
     ///
     /// ```
     /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
@@ -83,7 +84,10 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// impl MinchHandler for Feed {
     ///     type Info = Tick;
     ///
-    ///     fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn std::error::Error>> {
+    ///     fn init(
+    ///         &mut self,
+    ///         ctx: &mut ClientContext<'_, Self>,
+    ///     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     ///         self.token = Some(std::env::var("FEED_TOKEN").unwrap_or_default());
     ///         ctx.send_info_after(Duration::from_secs(3600), Tick::Refresh);
     ///         Ok(())
@@ -92,7 +96,10 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
     /// }
     /// ```
-    fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn StdError>> {
+    fn init(
+        &mut self,
+        ctx: &mut ClientContext<'_, Self>,
+    ) -> Result<(), Box<dyn StdError + Send + Sync>> {
         let _ = ctx;
         Ok(())
     }
@@ -344,8 +351,20 @@ pub enum StopReason {
     Closed,
     /// A callback returned [`Reply::Stop`] with this reason.
     Requested(String),
-    /// [`init`](MinchHandler::init) failed with this message.
-    InitFailed(String),
+    /// [`init`](MinchHandler::init) failed with this error (shared, so that the reason stays
+    /// `Clone`; [`downcast_ref`](trait.Error.html#method.downcast_ref) finds its type).
+    ///
+    /// ```
+    /// use minch::StopReason;
+    /// use std::{io, sync::Arc};
+    ///
+    /// let reason = StopReason::InitFailed(Arc::new(io::Error::other("no credentials")));
+    /// if let StopReason::InitFailed(error) = &reason {
+    ///     assert!(error.downcast_ref::<io::Error>().is_some());
+    /// }
+    /// assert_eq!(reason.to_string(), "init failed: no credentials");
+    /// ```
+    InitFailed(Arc<dyn StdError + Send + Sync>),
     /// [`handle_disconnect`](MinchHandler::handle_disconnect) returned [`Reconnect::Stop`].
     Disconnected(DisconnectReason),
 }
@@ -355,7 +374,7 @@ impl fmt::Display for StopReason {
         match self {
             StopReason::Closed => write!(f, "closed"),
             StopReason::Requested(reason) => write!(f, "stopped: {reason}"),
-            StopReason::InitFailed(reason) => write!(f, "init failed: {reason}"),
+            StopReason::InitFailed(error) => write!(f, "init failed: {error}"),
             StopReason::Disconnected(reason) => write!(f, "not reconnecting after: {reason}"),
         }
     }

@@ -129,12 +129,11 @@ pub mod http {
 pub use crate::{
     backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
     client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
-    connection::Deferred,
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
     options::{ConnectOptions, ConnectRequest, TlsOptions},
-    protocol::{Limits, ProtocolError},
+    protocol::ProtocolError,
     simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,
 };
