@@ -101,9 +101,18 @@
 //!
 //! ## TLS
 //!
-//! `wss://` uses rustls with the bundled Mozilla roots. Add a private CA with
-//! [`TlsOptions::add_root_certificate`]; [`TlsOptions::danger_accept_invalid_certs`] turns
-//! verification off, for tests only.
+//! `wss://` uses rustls (with the ring provider) and the bundled Mozilla roots. Add a private CA
+//! with [`TlsOptions::add_root_certificate`]; [`TlsOptions::danger_accept_invalid_certs`] turns
+//! verification off, for tests only. TLS is the `tls` feature, on by default: see
+//! [Feature flags](#feature-flags).
+//!
+//! ## Feature flags
+//!
+//! - `tls` (default): `wss://` URLs, through rustls, and [`TlsOptions`] to configure them.
+//!   Without it (`default-features = false`) minch speaks `ws://` only, with neither rustls nor
+//!   ring in the build; a `wss://` URL then fails before any I/O with
+//!   [`Error::TlsNotEnabled`], a configuration error whose message says how to turn TLS on.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 
@@ -118,6 +127,7 @@ mod inbox;
 mod options;
 mod protocol;
 mod simple;
+#[cfg(feature = "tls")]
 mod tls;
 mod transport;
 
@@ -126,13 +136,15 @@ pub mod http {
     pub use awc::http::{header, header::HeaderMap, StatusCode};
 }
 
+#[cfg(feature = "tls")]
+pub use crate::options::TlsOptions;
 pub use crate::{
     backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
     client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
-    options::{ConnectOptions, ConnectRequest, TlsOptions},
+    options::{ConnectOptions, ConnectRequest},
     protocol::ProtocolError,
     simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,
