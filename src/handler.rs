@@ -1,6 +1,6 @@
 //! The behaviour a user implements: [`MinchHandler`], and what its callbacks receive and return.
 
-use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
+use std::{error::Error as StdError, fmt, future::Future, sync::Arc, time::Duration};
 
 use actix::{Addr, AsyncContext};
 
@@ -35,7 +35,8 @@ use crate::{
 /// The final stop is [`Reconnect::Stop`], [`Reply::Stop`] from any callback,
 /// [`ClientContext::stop`], or the [`Close`](crate::Close) message. An open connection is
 /// closed first (code 1000, bounded by the close timeout); nothing reconnects after it.
-/// The handler's [`send_info_after`](ClientContext::send_info_after) timers survive reconnects.
+/// The handler's [`send_info_after`](ClientContext::send_info_after) timers and
+/// [`spawn_info`](ClientContext::spawn_info) futures survive reconnects.
 ///
 /// ```no_run
 /// use minch::{Client, ClientContext, ConnectRequest, Frame, MinchHandler, Reply, Response};
@@ -67,8 +68,9 @@ use crate::{
 /// ```
 pub trait MinchHandler: Sized + Unpin + 'static {
     /// The type of the messages [`handle_info`](Self::handle_info) receives: sent to the client's
-    /// address as [`Info`](crate::Info), or scheduled with [`ClientContext::send_info_after`]. Use `()` if
-    /// the handler needs none.
+    /// address as [`Info`](crate::Info), scheduled with [`ClientContext::send_info_after`], or
+    /// the output of a future run with [`ClientContext::spawn_info`]. Use `()` if the handler
+    /// needs none.
     type Info: 'static;
 
     /// Runs once when the client starts, before the first connection attempt. An error stops
@@ -202,8 +204,9 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// ```
     fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply;
 
-    /// A message sent to the client with [`Info`](crate::Info) or [`ClientContext::send_info_after`]. Runs
-    /// whether or not the client is connected.
+    /// A message sent to the client with [`Info`](crate::Info) or
+    /// [`ClientContext::send_info_after`], or the output of a [`ClientContext::spawn_info`]
+    /// future. Runs whether or not the client is connected.
     ///
     /// ```
     /// # use minch::{ClientContext, ConnectRequest, MinchHandler};
@@ -381,7 +384,8 @@ impl fmt::Display for StopReason {
 }
 
 /// What callbacks can do besides replying: reach the client's address, schedule messages to
-/// themselves, stop the client, ask about the connection.
+/// themselves, run async work whose result comes back as a message
+/// ([`spawn_info`](Self::spawn_info)), stop the client, ask about the connection.
 pub struct ClientContext<'a, H: MinchHandler> {
     pub(crate) actor: &'a mut actix::Context<Client<H>>,
     pub(crate) connected: bool,
@@ -410,6 +414,67 @@ impl<H: MinchHandler> ClientContext<'_, H> {
     /// callback returns (and the client's other pending work is done).
     pub fn send_info(&mut self, info: H::Info) {
         self.send_info_after(Duration::ZERO, info);
+    }
+
+    /// Runs `future` on the client's arbiter and delivers its output to
+    /// [`handle_info`](MinchHandler::handle_info) — async work (fetching a token, a database
+    /// lookup) started from a callback, which cannot await. Callbacks keep running meanwhile;
+    /// the output arrives as a message, in the client's mailbox order, like an
+    /// [`Info`](crate::Info) sent to its [`address`](Self::address) (but `H::Info` need not be
+    /// `Send`).
+    ///
+    /// The future belongs to the handler, like a [`send_info_after`](Self::send_info_after)
+    /// timer, not to the connection: it keeps running across reconnects (its output reaches
+    /// `handle_info` on whichever connection is current, or between two), and it is aborted
+    /// (dropped) at the final stop, after [`terminate`](MinchHandler::terminate); an output
+    /// ready after the stop is dropped too. It does not keep a client alive that nothing else
+    /// does. The future need not be `Send`: it runs on the client's own thread.
+    ///
+    /// ```no_run
+    /// use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
+    ///
+    /// # async fn look_up_price(_symbol: &str) -> Result<f64, std::io::Error> { Ok(1.0) }
+    /// struct Quotes;
+    ///
+    /// enum Msg {
+    ///     Price { symbol: String, price: Result<f64, std::io::Error> },
+    /// }
+    ///
+    /// impl MinchHandler for Quotes {
+    ///     type Info = Msg;
+    ///
+    ///     fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+    ///         "wss://quotes.example.com/ws".into()
+    ///     }
+    ///
+    ///     // The server asks for a price: look it up without blocking the client.
+    ///     fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         if let Some(symbol) = frame.as_text() {
+    ///             let symbol = symbol.to_owned();
+    ///             ctx.spawn_info(async move {
+    ///                 let price = look_up_price(&symbol).await;
+    ///                 Msg::Price { symbol, price }
+    ///             });
+    ///         }
+    ///         Reply::Continue
+    ///     }
+    ///
+    ///     fn handle_info(&mut self, msg: Msg, ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         let Msg::Price { symbol, price } = msg;
+    ///         match price {
+    ///             // The connection may have been replaced meanwhile: reply only if one is open.
+    ///             Ok(price) if ctx.is_connected() => Reply::Send(Frame::text(format!("{symbol} {price}"))),
+    ///             Ok(_) => Reply::Continue,
+    ///             Err(error) => Reply::stop(format!("price lookup failed: {error}")),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn spawn_info<F>(&mut self, future: F)
+    where
+        F: Future<Output = H::Info> + 'static,
+    {
+        Client::spawn_info(self.actor, self.timers, future);
     }
 
     /// Cancels a message scheduled with [`send_info_after`](Self::send_info_after). Returns

@@ -55,7 +55,7 @@
 //! | [`connect`](MinchHandler::connect) | before every attempt | required |
 //! | [`handle_connect`](MinchHandler::handle_connect) | after the `101` | continue |
 //! | [`handle_frame`](MinchHandler::handle_frame) | text, binary, pong | required |
-//! | [`handle_info`](MinchHandler::handle_info) | an [`Info`] message, connected or not | continue |
+//! | [`handle_info`](MinchHandler::handle_info) | an [`Info`] message, a timer or a [`spawn_info`](ClientContext::spawn_info) future's output, connected or not | continue |
 //! | [`handle_error`](MinchHandler::handle_error) | a reply could not be sent; a protocol error | log, continue |
 //! | [`handle_disconnect`](MinchHandler::handle_disconnect) | the connection ended or an attempt failed | reconnect after `backoff(attempt)` |
 //! | [`terminate`](MinchHandler::terminate) | once, when stopping | nothing |
