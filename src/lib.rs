@@ -5,6 +5,28 @@
 //! completing close handshakes, reassembling fragmented messages, validating UTF-8, and
 //! reconnecting with [`backoff`] when the connection drops.
 //!
+//! ## Which API do I want?
+//!
+//! | you want | use | runs on |
+//! |---|---|---|
+//! | a long-lived feed that reconnects by itself, with callbacks | the actor [`Client`] and a [`MinchHandler`] | an actix System |
+//! | one connection, `await`ing frames in your own code, no reconnects | [`connect`] → [`Connection`] + [`Frames`] | an actix System |
+//! | the same without actix (`fn main`, threads, tokio) | [`blocking::connect`] | a background thread of its own |
+//!
+//! - **[`Client`]** is minch proper, after Elixir's Minch: callbacks for each event, `connect`
+//!   before every attempt (refresh a token there), reconnects with [`backoff`], timers
+//!   ([`ClientContext::send_info_after`]) and async work ([`ClientContext::spawn_info`]) that
+//!   outlive a connection, keepalive, and an [`Addr`](actix::Addr) that stays valid throughout.
+//!   Send to it with [`SendFrame`]; stop it with [`Close`].
+//! - **[`connect`]** opens one connection and returns when it is up (or why not): send with
+//!   [`Connection::send_frame`], receive with [`Frames::receive_frame`]. When the connection
+//!   ends, it is over: reconnecting is up to you.
+//! - **[`blocking`]** is [`connect`] with blocking, `Send + Sync` handles, for programs that do
+//!   not run an actix System.
+//!
+//! All three share the same [`ConnectOptions`], [`Error`] and [`Frame`] types, and the same
+//! framing, keepalive and close handshake.
+//!
 //! ## A client
 //!
 //! ```no_run
