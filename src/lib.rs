@@ -135,6 +135,8 @@
 //!   ring in the build; a `wss://` URL then fails before any I/O with
 //!   [`Error::TlsNotEnabled`], a configuration error whose message says how to turn TLS on.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The crate docs link to `TlsOptions`, which exists only with the `tls` feature.
+#![cfg_attr(not(feature = "tls"), allow(rustdoc::broken_intra_doc_links))]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 

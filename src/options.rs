@@ -25,7 +25,11 @@ use crate::{protocol::Limits, Error};
 /// ```
 ///
 /// Its `Debug` output shows header names only: values such as `authorization` are secrets.
+///
+/// The struct is `#[non_exhaustive]`: build it with [`new`](Self::new) and the builder methods,
+/// or from one of the tuples above; its fields stay public for reading and changing.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct ConnectRequest {
     /// A `ws://` or `wss://` URL.
     pub url: String,
