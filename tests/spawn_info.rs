@@ -9,6 +9,8 @@ mod support;
 use std::{
     cell::{Cell, RefCell},
     rc::Rc,
+    sync::{Arc, Mutex},
+    thread::{self, ThreadId},
     time::{Duration, Instant},
 };
 
@@ -305,4 +307,55 @@ async fn a_future_pending_at_the_final_stop_is_dropped_without_a_callback() {
     );
     drop(client);
     actix_rt::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Records on which thread its spawned future ran and on which `handle_info` ran.
+struct OnArbiter {
+    url: String,
+    seen: Arc<Mutex<Vec<(ThreadId, ThreadId)>>>,
+}
+
+impl MinchHandler for OnArbiter {
+    type Info = ThreadId;
+
+    fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest {
+        self.url.clone().into()
+    }
+
+    fn handle_connect(&mut self, _: &Response, ctx: &mut ClientContext<'_, Self>) -> Reply {
+        ctx.spawn_info(async { thread::current().id() });
+        Reply::Continue
+    }
+
+    fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply {
+        Reply::Continue
+    }
+
+    fn handle_info(&mut self, ran_on: ThreadId, _: &mut ClientContext<'_, Self>) -> Reply {
+        let pair = (ran_on, thread::current().id());
+        self.seen.lock().unwrap().push(pair);
+        Reply::Continue
+    }
+}
+
+#[actix_rt::test]
+async fn a_client_on_another_arbiter_runs_its_futures_on_that_arbiter() {
+    let server = TestServer::start();
+    let arbiter = actix_rt::Arbiter::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (url, recorded) = (server.url("/echo"), seen.clone());
+    let client = Client::start_in_arbiter(&arbiter.handle(), move || OnArbiter {
+        url,
+        seen: recorded,
+    });
+    let deadline = Instant::now() + WAIT;
+    while seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no handle_info");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (future_ran_on, handler_ran_on) = seen.lock().unwrap()[0];
+    assert_eq!(future_ran_on, handler_ran_on);
+    assert_ne!(handler_ran_on, thread::current().id());
+    client.send(Close).await.expect("the client answers Close");
+    arbiter.stop();
 }
