@@ -34,7 +34,7 @@ impl MinchHandler for Producer {
     fn init(
         &mut self,
         ctx: &mut ClientContext<'_, Self>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         // The equivalent of `Process.send_after(self(), :produce, 5000)`.
         ctx.send_info_after(Duration::from_secs(1), Tick::Produce);
         Ok(())
@@ -85,11 +85,7 @@ impl MinchHandler for Producer {
             log::error!("giving up after {attempt} attempts: {reason}");
             return Reconnect::Stop;
         }
-        let options = BackoffOptions {
-            min: 100,
-            max: 10_000,
-            factor: 1.5,
-        };
+        let options = BackoffOptions::new(100, 10_000, 1.5);
         let delay = backoff_duration(attempt, options);
         log::warn!("disconnected: {reason}; reconnecting in {delay:?}");
         Reconnect::After(delay)

@@ -4,8 +4,19 @@ use std::time::Duration;
 
 /// Parameters of [`backoff`]: the delay grows as `min * attempt^factor`, up to `max`.
 ///
-/// The defaults are Minch's: `min` 200 ms, `max` 30 000 ms, `factor` 2.
+/// The defaults are Minch's: `min` 200 ms, `max` 30 000 ms, `factor` 2. Build other values
+/// with [`new`](Self::new) or from the default with the builder methods; the struct is
+/// `#[non_exhaustive]`, so it cannot be written as a literal outside this crate.
+///
+/// ```
+/// use minch::BackoffOptions;
+///
+/// let gentle = BackoffOptions::new(100, 10_000, 1.5);
+/// assert_eq!(gentle, BackoffOptions::default().min(100).max(10_000).factor(1.5));
+/// assert_eq!(gentle.max, 10_000);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BackoffOptions {
     /// The delay for attempt 1, in milliseconds. Default: 200.
     pub min: u64,
@@ -13,6 +24,32 @@ pub struct BackoffOptions {
     pub max: u64,
     /// The exponent applied to the attempt number. Default: 2.0.
     pub factor: f64,
+}
+
+impl BackoffOptions {
+    /// Options with these values: the delay for attempt 1 and the largest delay, in
+    /// milliseconds, and the exponent applied to the attempt number.
+    pub fn new(min: u64, max: u64, factor: f64) -> Self {
+        BackoffOptions { min, max, factor }
+    }
+
+    /// Sets [`min`](Self::min), the delay for attempt 1, in milliseconds.
+    pub fn min(mut self, min: u64) -> Self {
+        self.min = min;
+        self
+    }
+
+    /// Sets [`max`](Self::max), the largest delay, in milliseconds.
+    pub fn max(mut self, max: u64) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets [`factor`](Self::factor), the exponent applied to the attempt number.
+    pub fn factor(mut self, factor: f64) -> Self {
+        self.factor = factor;
+        self
+    }
 }
 
 impl Default for BackoffOptions {
@@ -57,7 +94,7 @@ impl Default for BackoffOptions {
 /// use minch::{backoff, BackoffOptions};
 ///
 /// assert_eq!(backoff(3, BackoffOptions::default()), 1800);
-/// let gentle = BackoffOptions { min: 100, max: 10_000, factor: 1.5 };
+/// let gentle = BackoffOptions::new(100, 10_000, 1.5);
 /// assert_eq!(backoff(2, gentle), 283);
 /// ```
 pub fn backoff(attempt: u32, options: BackoffOptions) -> u64 {

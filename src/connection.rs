@@ -533,6 +533,10 @@ impl<T> Clone for Slot<T> {
 
 /// The answer to a message that may only be known later (a frame written, the client
 /// stopped). Returned by the client's message handlers; awaiting the request gives the value.
+///
+/// `pub` only because actix's `Handler::Result` of a public impl must be: the module is private
+/// and the type is not re-exported, so users cannot name it (and need not: `addr.send(..)`
+/// resolves to the message's own result type), and nothing of it is theirs to use.
 pub struct Deferred<T>(DeferredState<T>);
 
 enum DeferredState<T> {

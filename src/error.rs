@@ -35,6 +35,13 @@ pub enum Error {
     Connect(String),
     /// The TLS handshake failed (e.g. the certificate is not trusted).
     Tls(String),
+    /// The URL is `wss://`, but minch was built without its `tls` feature, so it speaks
+    /// `ws://` only. Enable the feature (it is on by default; `default-features = false` turns
+    /// it off) or use a `ws://` URL. A configuration error: [`is_config`](Self::is_config).
+    TlsNotEnabled {
+        /// The URL, redacted as in [`InvalidUrl`](Self::InvalidUrl).
+        url: String,
+    },
     /// A step did not finish in time.
     Timeout(Timeout),
     /// The server answered the upgrade request with a status other than `101 Switching Protocols`.
@@ -79,7 +86,10 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Error::InvalidUrl { .. } | Error::InvalidHeader { .. } | Error::InvalidOptions(_)
+            Error::InvalidUrl { .. }
+                | Error::InvalidHeader { .. }
+                | Error::InvalidOptions(_)
+                | Error::TlsNotEnabled { .. }
         )
     }
 
@@ -123,6 +133,10 @@ impl fmt::Display for Error {
             Error::Tls(reason) => write!(
                 f,
                 "TLS handshake failed: {reason}; to trust a private CA add it with TlsOptions::add_root_certificate"
+            ),
+            Error::TlsNotEnabled { url } => write!(
+                f,
+                "cannot connect to {url:?}: wss:// needs TLS, but minch was built without its \"tls\" feature; enable it (it is a default feature: add features = [\"tls\"] to the minch dependency, or drop default-features = false) or use a ws:// URL"
             ),
             Error::Timeout(Timeout::Connect) => write!(
                 f,

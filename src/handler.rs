@@ -1,6 +1,6 @@
 //! The behaviour a user implements: [`MinchHandler`], and what its callbacks receive and return.
 
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::{error::Error as StdError, fmt, future::Future, sync::Arc, time::Duration};
 
 use actix::{Addr, AsyncContext};
 
@@ -35,7 +35,8 @@ use crate::{
 /// The final stop is [`Reconnect::Stop`], [`Reply::Stop`] from any callback,
 /// [`ClientContext::stop`], or the [`Close`](crate::Close) message. An open connection is
 /// closed first (code 1000, bounded by the close timeout); nothing reconnects after it.
-/// The handler's [`send_info_after`](ClientContext::send_info_after) timers survive reconnects.
+/// The handler's [`send_info_after`](ClientContext::send_info_after) timers and
+/// [`spawn_info`](ClientContext::spawn_info) futures survive reconnects.
 ///
 /// ```no_run
 /// use minch::{Client, ClientContext, ConnectRequest, Frame, MinchHandler, Reply, Response};
@@ -67,12 +68,14 @@ use crate::{
 /// ```
 pub trait MinchHandler: Sized + Unpin + 'static {
     /// The type of the messages [`handle_info`](Self::handle_info) receives: sent to the client's
-    /// address as [`Info`](crate::Info), or scheduled with [`ClientContext::send_info_after`]. Use `()` if
-    /// the handler needs none.
+    /// address as [`Info`](crate::Info), scheduled with [`ClientContext::send_info_after`], or
+    /// the output of a future run with [`ClientContext::spawn_info`]. Use `()` if the handler
+    /// needs none.
     type Info: 'static;
 
     /// Runs once when the client starts, before the first connection attempt. An error stops
-    /// the client: [`terminate`](Self::terminate) gets [`StopReason::InitFailed`].
+    /// the client: [`terminate`](Self::terminate) gets [`StopReason::InitFailed`] with the
+    /// error itself, which can be downcast to its type.
     ///
     /// ```
     /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
@@ -83,7 +86,10 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// impl MinchHandler for Feed {
     ///     type Info = Tick;
     ///
-    ///     fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn std::error::Error>> {
+    ///     fn init(
+    ///         &mut self,
+    ///         ctx: &mut ClientContext<'_, Self>,
+    ///     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     ///         self.token = Some(std::env::var("FEED_TOKEN").unwrap_or_default());
     ///         ctx.send_info_after(Duration::from_secs(3600), Tick::Refresh);
     ///         Ok(())
@@ -92,7 +98,10 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
     /// }
     /// ```
-    fn init(&mut self, ctx: &mut ClientContext<'_, Self>) -> Result<(), Box<dyn StdError>> {
+    fn init(
+        &mut self,
+        ctx: &mut ClientContext<'_, Self>,
+    ) -> Result<(), Box<dyn StdError + Send + Sync>> {
         let _ = ctx;
         Ok(())
     }
@@ -195,8 +204,9 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// ```
     fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply;
 
-    /// A message sent to the client with [`Info`](crate::Info) or [`ClientContext::send_info_after`]. Runs
-    /// whether or not the client is connected.
+    /// A message sent to the client with [`Info`](crate::Info) or
+    /// [`ClientContext::send_info_after`], or the output of a [`ClientContext::spawn_info`]
+    /// future. Runs whether or not the client is connected.
     ///
     /// ```
     /// # use minch::{ClientContext, ConnectRequest, MinchHandler};
@@ -344,8 +354,20 @@ pub enum StopReason {
     Closed,
     /// A callback returned [`Reply::Stop`] with this reason.
     Requested(String),
-    /// [`init`](MinchHandler::init) failed with this message.
-    InitFailed(String),
+    /// [`init`](MinchHandler::init) failed with this error (shared, so that the reason stays
+    /// `Clone`; [`downcast_ref`](trait.Error.html#method.downcast_ref) finds its type).
+    ///
+    /// ```
+    /// use minch::StopReason;
+    /// use std::{io, sync::Arc};
+    ///
+    /// let reason = StopReason::InitFailed(Arc::new(io::Error::other("no credentials")));
+    /// if let StopReason::InitFailed(error) = &reason {
+    ///     assert!(error.downcast_ref::<io::Error>().is_some());
+    /// }
+    /// assert_eq!(reason.to_string(), "init failed: no credentials");
+    /// ```
+    InitFailed(Arc<dyn StdError + Send + Sync>),
     /// [`handle_disconnect`](MinchHandler::handle_disconnect) returned [`Reconnect::Stop`].
     Disconnected(DisconnectReason),
 }
@@ -355,14 +377,15 @@ impl fmt::Display for StopReason {
         match self {
             StopReason::Closed => write!(f, "closed"),
             StopReason::Requested(reason) => write!(f, "stopped: {reason}"),
-            StopReason::InitFailed(reason) => write!(f, "init failed: {reason}"),
+            StopReason::InitFailed(error) => write!(f, "init failed: {error}"),
             StopReason::Disconnected(reason) => write!(f, "not reconnecting after: {reason}"),
         }
     }
 }
 
 /// What callbacks can do besides replying: reach the client's address, schedule messages to
-/// themselves, stop the client, ask about the connection.
+/// themselves, run async work whose result comes back as a message
+/// ([`spawn_info`](Self::spawn_info)), stop the client, ask about the connection.
 pub struct ClientContext<'a, H: MinchHandler> {
     pub(crate) actor: &'a mut actix::Context<Client<H>>,
     pub(crate) connected: bool,
@@ -391,6 +414,67 @@ impl<H: MinchHandler> ClientContext<'_, H> {
     /// callback returns (and the client's other pending work is done).
     pub fn send_info(&mut self, info: H::Info) {
         self.send_info_after(Duration::ZERO, info);
+    }
+
+    /// Runs `future` on the client's arbiter and delivers its output to
+    /// [`handle_info`](MinchHandler::handle_info) — async work (fetching a token, a database
+    /// lookup) started from a callback, which cannot await. Callbacks keep running meanwhile;
+    /// the output arrives as a message, in the client's mailbox order, like an
+    /// [`Info`](crate::Info) sent to its [`address`](Self::address) (but `H::Info` need not be
+    /// `Send`).
+    ///
+    /// The future belongs to the handler, like a [`send_info_after`](Self::send_info_after)
+    /// timer, not to the connection: it keeps running across reconnects (its output reaches
+    /// `handle_info` on whichever connection is current, or between two), and it is aborted
+    /// (dropped) at the final stop, after [`terminate`](MinchHandler::terminate); an output
+    /// ready after the stop is dropped too. It does not keep a client alive that nothing else
+    /// does. The future need not be `Send`: it runs on the client's own thread.
+    ///
+    /// ```no_run
+    /// use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
+    ///
+    /// # async fn look_up_price(_symbol: &str) -> Result<f64, std::io::Error> { Ok(1.0) }
+    /// struct Quotes;
+    ///
+    /// enum Msg {
+    ///     Price { symbol: String, price: Result<f64, std::io::Error> },
+    /// }
+    ///
+    /// impl MinchHandler for Quotes {
+    ///     type Info = Msg;
+    ///
+    ///     fn connect(&mut self, _ctx: &mut ClientContext<'_, Self>) -> ConnectRequest {
+    ///         "wss://quotes.example.com/ws".into()
+    ///     }
+    ///
+    ///     // The server asks for a price: look it up without blocking the client.
+    ///     fn handle_frame(&mut self, frame: Frame, ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         if let Some(symbol) = frame.as_text() {
+    ///             let symbol = symbol.to_owned();
+    ///             ctx.spawn_info(async move {
+    ///                 let price = look_up_price(&symbol).await;
+    ///                 Msg::Price { symbol, price }
+    ///             });
+    ///         }
+    ///         Reply::Continue
+    ///     }
+    ///
+    ///     fn handle_info(&mut self, msg: Msg, ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         let Msg::Price { symbol, price } = msg;
+    ///         match price {
+    ///             // The connection may have been replaced meanwhile: reply only if one is open.
+    ///             Ok(price) if ctx.is_connected() => Reply::Send(Frame::text(format!("{symbol} {price}"))),
+    ///             Ok(_) => Reply::Continue,
+    ///             Err(error) => Reply::stop(format!("price lookup failed: {error}")),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn spawn_info<F>(&mut self, future: F)
+    where
+        F: Future<Output = H::Info> + 'static,
+    {
+        Client::spawn_info(self.actor, self.timers, future);
     }
 
     /// Cancels a message scheduled with [`send_info_after`](Self::send_info_after). Returns

@@ -5,6 +5,28 @@
 //! completing close handshakes, reassembling fragmented messages, validating UTF-8, and
 //! reconnecting with [`backoff`] when the connection drops.
 //!
+//! ## Which API do I want?
+//!
+//! | you want | use | runs on |
+//! |---|---|---|
+//! | a long-lived feed that reconnects by itself, with callbacks | the actor [`Client`] and a [`MinchHandler`] | an actix System |
+//! | one connection, `await`ing frames in your own code, no reconnects | [`connect`] → [`Connection`] + [`Frames`] | an actix System |
+//! | the same without actix (`fn main`, threads, tokio) | [`blocking::connect`] | a background thread of its own |
+//!
+//! - **[`Client`]** is minch proper, after Elixir's Minch: callbacks for each event, `connect`
+//!   before every attempt (refresh a token there), reconnects with [`backoff`], timers
+//!   ([`ClientContext::send_info_after`]) and async work ([`ClientContext::spawn_info`]) that
+//!   outlive a connection, keepalive, and an [`Addr`](actix::Addr) that stays valid throughout.
+//!   Send to it with [`SendFrame`]; stop it with [`Close`].
+//! - **[`connect`]** opens one connection and returns when it is up (or why not): send with
+//!   [`Connection::send_frame`], receive with [`Frames::receive_frame`]. When the connection
+//!   ends, it is over: reconnecting is up to you.
+//! - **[`blocking`]** is [`connect`] with blocking, `Send + Sync` handles, for programs that do
+//!   not run an actix System.
+//!
+//! All three share the same [`ConnectOptions`], [`Error`] and [`Frame`] types, and the same
+//! framing, keepalive and close handshake.
+//!
 //! ## A client
 //!
 //! ```no_run
@@ -55,7 +77,7 @@
 //! | [`connect`](MinchHandler::connect) | before every attempt | required |
 //! | [`handle_connect`](MinchHandler::handle_connect) | after the `101` | continue |
 //! | [`handle_frame`](MinchHandler::handle_frame) | text, binary, pong | required |
-//! | [`handle_info`](MinchHandler::handle_info) | an [`Info`] message, connected or not | continue |
+//! | [`handle_info`](MinchHandler::handle_info) | an [`Info`] message, a timer or a [`spawn_info`](ClientContext::spawn_info) future's output, connected or not | continue |
 //! | [`handle_error`](MinchHandler::handle_error) | a reply could not be sent; a protocol error | log, continue |
 //! | [`handle_disconnect`](MinchHandler::handle_disconnect) | the connection ended or an attempt failed | reconnect after `backoff(attempt)` |
 //! | [`terminate`](MinchHandler::terminate) | once, when stopping | nothing |
@@ -101,9 +123,20 @@
 //!
 //! ## TLS
 //!
-//! `wss://` uses rustls with the bundled Mozilla roots. Add a private CA with
-//! [`TlsOptions::add_root_certificate`]; [`TlsOptions::danger_accept_invalid_certs`] turns
-//! verification off, for tests only.
+//! `wss://` uses rustls (with the ring provider) and the bundled Mozilla roots. Add a private CA
+//! with [`TlsOptions::add_root_certificate`]; [`TlsOptions::danger_accept_invalid_certs`] turns
+//! verification off, for tests only. TLS is the `tls` feature, on by default: see
+//! [Feature flags](#feature-flags).
+//!
+//! ## Feature flags
+//!
+//! - `tls` (default): `wss://` URLs, through rustls, and [`TlsOptions`] to configure them.
+//!   Without it (`default-features = false`) minch speaks `ws://` only, with neither rustls nor
+//!   ring in the build; a `wss://` URL then fails before any I/O with
+//!   [`Error::TlsNotEnabled`], a configuration error whose message says how to turn TLS on.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// The crate docs link to `TlsOptions`, which exists only with the `tls` feature.
+#![cfg_attr(not(feature = "tls"), allow(rustdoc::broken_intra_doc_links))]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 
@@ -118,6 +151,7 @@ mod inbox;
 mod options;
 mod protocol;
 mod simple;
+#[cfg(feature = "tls")]
 mod tls;
 mod transport;
 
@@ -126,15 +160,16 @@ pub mod http {
     pub use awc::http::{header, header::HeaderMap, StatusCode};
 }
 
+#[cfg(feature = "tls")]
+pub use crate::options::TlsOptions;
 pub use crate::{
     backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
     client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
-    connection::Deferred,
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
-    options::{ConnectOptions, ConnectRequest, TlsOptions},
-    protocol::{Limits, ProtocolError},
+    options::{ConnectOptions, ConnectRequest},
+    protocol::ProtocolError,
     simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,
 };

@@ -25,7 +25,11 @@ use crate::{protocol::Limits, Error};
 /// ```
 ///
 /// Its `Debug` output shows header names only: values such as `authorization` are secrets.
+///
+/// The struct is `#[non_exhaustive]`: build it with [`new`](Self::new) and the builder methods,
+/// or from one of the tuples above; its fields stay public for reading and changing.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct ConnectRequest {
     /// A `ws://` or `wss://` URL.
     pub url: String,
@@ -227,14 +231,13 @@ where
 /// [`pong_timeout`](Self::pong_timeout()) needs a [`ping_interval`](Self::ping_interval).
 ///
 /// ```
-/// use minch::{ConnectOptions, TlsOptions};
+/// use minch::ConnectOptions;
 /// use std::time::Duration;
 ///
 /// let options = ConnectOptions::default()
 ///     .connect_timeout(Duration::from_secs(3))
 ///     .subprotocol("v1.chat")
-///     .max_message_size(1 << 20)
-///     .tls(TlsOptions::default());
+///     .max_message_size(1 << 20);
 /// assert_eq!(options.subprotocols, ["v1.chat"]);
 /// ```
 #[derive(Clone)]
@@ -308,6 +311,8 @@ pub struct ConnectOptions {
     /// Default: 16 MiB. Allowed: at least 1.
     pub max_queue_bytes: usize,
     /// Certificate verification and extra roots for `wss://`.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub tls: TlsOptions,
     /// Whether `pong_timeout` was set through its builder: only then is it a mistake to leave
     /// keepalive off (the default `pong_timeout` is harmless without pings).
@@ -331,6 +336,7 @@ impl Default for ConnectOptions {
             max_buffered_bytes: 16 << 20,
             max_queue: 1024,
             max_queue_bytes: 16 << 20,
+            #[cfg(feature = "tls")]
             tls: TlsOptions::default(),
             pong_timeout_explicit: false,
         }
@@ -425,6 +431,8 @@ impl ConnectOptions {
     }
 
     /// Sets the TLS options.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = tls;
         self
@@ -548,7 +556,8 @@ fn is_tchar(c: char) -> bool {
 /// options at debug level.
 impl fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectOptions")
+        let mut shown = f.debug_struct("ConnectOptions");
+        shown
             .field("connect_timeout", &self.connect_timeout)
             .field("tls_timeout", &self.tls_timeout)
             .field("upgrade_timeout", &self.upgrade_timeout)
@@ -561,9 +570,10 @@ impl fmt::Debug for ConnectOptions {
             .field("pong_timeout", &self.pong_timeout)
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("max_queue", &self.max_queue)
-            .field("max_queue_bytes", &self.max_queue_bytes)
-            .field("tls", &self.tls)
-            .finish()
+            .field("max_queue_bytes", &self.max_queue_bytes);
+        #[cfg(feature = "tls")]
+        shown.field("tls", &self.tls);
+        shown.finish()
     }
 }
 
@@ -573,6 +583,20 @@ impl fmt::Debug for ConnectOptions {
 /// (`webpki-roots`). Add roots for a private CA with [`add_root_certificate`](Self::add_root_certificate)
 /// or [`add_root_pem`](Self::add_root_pem); only for tests, turn verification off with
 /// [`danger_accept_invalid_certs`](Self::danger_accept_invalid_certs).
+///
+/// Only with the `tls` feature (on by default), like [`ConnectOptions::tls`]: without it minch
+/// speaks `ws://` only, so there is nothing to configure, and a `wss://` URL fails with
+/// [`Error::TlsNotEnabled`](crate::Error::TlsNotEnabled).
+///
+/// ```
+/// use minch::{ConnectOptions, TlsOptions};
+///
+/// let pem = std::fs::read_to_string("private-ca.pem").unwrap_or_default();
+/// let options = ConnectOptions::default().tls(TlsOptions::default().add_root_pem(pem));
+/// # let _ = options;
+/// ```
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct TlsOptions {
@@ -584,6 +608,7 @@ pub struct TlsOptions {
     pub accept_invalid_certs: bool,
 }
 
+#[cfg(feature = "tls")]
 impl TlsOptions {
     /// Trusts one more root certificate (DER bytes).
     pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
@@ -605,6 +630,7 @@ impl TlsOptions {
     }
 }
 
+#[cfg(feature = "tls")]
 impl fmt::Debug for TlsOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsOptions")

@@ -23,7 +23,7 @@ use crate::{
     error::Timeout,
     options::{redact_url, ConnectRequest},
     protocol::Codec,
-    tls, Error,
+    Error,
 };
 
 /// An open WebSocket connection, framed by our codec.
@@ -57,6 +57,12 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     let headers = parse_headers(&request.headers)?;
     let options = &request.options;
     let secure = uri.scheme_str() == Some("wss");
+    #[cfg(not(feature = "tls"))]
+    if secure {
+        return Err(Error::TlsNotEnabled {
+            url: redact_url(&request.url),
+        });
+    }
 
     // awc has one timeout for the whole request: learn when TCP is up, so that the upgrade gets
     // exactly `upgrade_timeout` (plus `tls_timeout` for wss) from then on.
@@ -67,7 +73,7 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         at: tcp_up_at.clone(),
         tx: Rc::new(RefCell::new(Some(tcp_up_tx))),
     };
-    let mut connector = awc::Connector::new()
+    let connector = awc::Connector::new()
         .connector(tcp)
         .timeout(options.connect_timeout)
         .handshake_timeout(options.tls_timeout)
@@ -75,9 +81,12 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         // slot: the 101st WebSocket would wait and time out. Each attempt gets its own
         // unlimited connector instead.
         .limit(0);
-    if secure {
-        connector = connector.rustls_0_23(tls::client_config(&options.tls)?);
-    }
+    #[cfg(feature = "tls")]
+    let connector = if secure {
+        connector.rustls_0_23(crate::tls::client_config(&options.tls)?)
+    } else {
+        connector
+    };
     // awc's own request timeout is only a backstop: the TCP and TLS steps have their own
     // timeouts, and the upgrade's is enforced below.
     let mut handshake_budget = options.connect_timeout + options.upgrade_timeout;

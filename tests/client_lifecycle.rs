@@ -678,7 +678,7 @@ async fn an_init_error_stops_the_client_without_connecting() {
         .wait_for("terminate", WAIT, Event::is_terminate)
         .await;
     assert!(
-        matches!(&event, Event::Terminate(StopReason::InitFailed(m)) if m.contains("no credentials")),
+        matches!(&event, Event::Terminate(StopReason::InitFailed(e)) if e.to_string() == "no credentials"),
         "{event:?}"
     );
     events

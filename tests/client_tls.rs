@@ -1,5 +1,7 @@
 //! `wss://` against the TLS test server: refused by default (self-signed, not trusted), and
 //! working once the certificate is trusted (DER or PEM) or verification is turned off.
+//! Only with the `tls` feature; `tests/tls_disabled.rs` covers a build without it.
+#![cfg(feature = "tls")]
 
 mod common;
 mod support;

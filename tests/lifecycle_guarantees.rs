@@ -83,7 +83,7 @@ impl MinchHandler for Probe {
     fn init(
         &mut self,
         ctx: &mut ClientContext<'_, Self>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if self.keeps_own_addr {
             self._own_addr = Some(ctx.address());
         }

@@ -776,7 +776,7 @@ impl MinchHandler for Fuzz {
     fn init(
         &mut self,
         ctx: &mut ClientContext<'_, Self>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let ok = !self.plan.init_fails;
         self.begin(ctx, Ev::Init { ok });
         if ok {

@@ -398,6 +398,7 @@ async fn no_frame_vanishes_or_repeats_across_forced_disconnects() {
     );
 }
 
+#[cfg(feature = "tls")]
 #[actix_rt::test]
 async fn a_tls_handshake_that_never_completes_times_out_as_tls() {
     // The TCP connection opens, but nobody ever answers the ClientHello.

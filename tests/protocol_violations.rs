@@ -594,3 +594,13 @@ async fn every_client_frame_is_masked_with_a_fresh_key() {
         received.iter().map(|frame| frame.mask).collect::<Vec<_>>()
     );
 }
+
+/// The scripted server's handshake answer (the `sha1` and `base64` crates) for the sample key
+/// of RFC 6455 §1.3.
+#[test]
+fn the_scripted_servers_accept_value_is_rfc_6455s() {
+    assert_eq!(
+        support::sec_websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+}

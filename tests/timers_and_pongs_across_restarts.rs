@@ -64,7 +64,7 @@ impl MinchHandler for Timed {
     fn init(
         &mut self,
         ctx: &mut ClientContext<'_, Self>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if self.cancel_in_disconnect {
             self.long_timer = Some(ctx.send_info_after(Duration::from_secs(3600), ()));
         }

@@ -14,6 +14,7 @@
 use std::{
     collections::VecDeque,
     io, mem,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,6 +24,9 @@ use crate::{
     handler::{DisconnectReason, Reconnect, StopReason},
     Error, ProtocolError,
 };
+
+/// Why `init` failed: the handler's error, kept whole for [`StopReason::InitFailed`].
+pub(crate) type InitError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// What the machine needs to know of a connection.
 pub(crate) trait Link {
@@ -318,7 +322,7 @@ impl<C: Link> Lifecycle<C> {
     }
 
     /// `init` returned.
-    pub(crate) fn init_done(&mut self, result: Result<(), String>) {
+    pub(crate) fn init_done(&mut self, result: Result<(), InitError>) {
         self.timer_moved = true;
         if !matches!(self.phase, Phase::New) {
             return;
@@ -842,7 +846,8 @@ mod tests {
                     Action::Init => {
                         self.record(Did::Init);
                         let result = if self.init_fails {
-                            Err("no".into())
+                            let error: Box<dyn std::error::Error + Send + Sync> = "no".into();
+                            Err(InitError::from(error))
                         } else {
                             Ok(())
                         };

@@ -347,7 +347,7 @@ impl<H: MinchHandler> Client<H> {
             Action::Init => {
                 let result = self.callback(ctx, |handler, ctx| handler.init(ctx));
                 self.honour_stop_request();
-                let result = result.unwrap_or(Ok(())).map_err(|error| error.to_string());
+                let result = result.unwrap_or(Ok(())).map_err(Arc::from);
                 self.lifecycle.init_done(result);
             }
             Action::Connect => self.connect(ctx),

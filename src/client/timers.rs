@@ -1,13 +1,25 @@
 //! The handler's own timers, set with
-//! [`ClientContext::send_info_after`](crate::ClientContext::send_info_after).
+//! [`ClientContext::send_info_after`](crate::ClientContext::send_info_after), and its futures,
+//! spawned with [`ClientContext::spawn_info`](crate::ClientContext::spawn_info).
 //!
 //! Like `Process.send_after` messages in Minch they belong to the handler, not to a connection:
 //! they survive reconnects (the supervisor's restart clears the actor's futures, so the client
-//! keeps them here and sets them again), and they go with the handler at the final stop.
+//! keeps timers here and sets them again; futures run on the arbiter, outside the actor, and
+//! answer through its mailbox), and they go with the handler at the final stop.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, VecDeque},
+    future::Future,
+    rc::Rc,
+    time::Instant,
+};
 
-use actix::SpawnHandle;
+use actix::{AsyncContext, Context, Handler, Message, SpawnHandle};
+use actix_rt::task::JoinHandle;
+
+use super::Client;
+use crate::MinchHandler;
 
 /// A message scheduled with [`ClientContext::send_info_after`](crate::ClientContext::send_info_after);
 /// hand it to [`ClientContext::cancel`](crate::ClientContext::cancel) to call it off.
@@ -27,11 +39,23 @@ struct Scheduled<I> {
 /// cancelled at once: actix remembers cancellations past a supervisor restart and applies them to
 /// whatever new future gets the same handle number, which would silently drop a reconnect.
 /// Their handles are cancelled at the final stop, after which nothing restarts.
+///
+/// The spawned futures are kept as their tasks' handles, to abort those still running at the
+/// final stop; finished ones are dropped now and then.
 pub(crate) struct HandlerTimers<I> {
     next_id: u64,
     pending: BTreeMap<u64, Scheduled<I>>,
     cancelled: Vec<SpawnHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    /// When `tasks` grows to this length, the finished ones are dropped.
+    prune_at: usize,
+    /// Outputs of spawned futures, in the order they finished, each announced to the client by
+    /// one [`SpawnedReady`]. Shared with the tasks, which run on the client's thread.
+    ready: Rc<RefCell<VecDeque<I>>>,
 }
+
+/// The smallest `prune_at`: below it, pruning is not worth the scan.
+const MIN_PRUNE_AT: usize = 16;
 
 impl<I> Default for HandlerTimers<I> {
     fn default() -> Self {
@@ -39,6 +63,9 @@ impl<I> Default for HandlerTimers<I> {
             next_id: 0,
             pending: BTreeMap::new(),
             cancelled: Vec::new(),
+            tasks: Vec::new(),
+            prune_at: MIN_PRUNE_AT,
+            ready: Rc::default(),
         }
     }
 }
@@ -80,12 +107,113 @@ impl<I> HandlerTimers<I> {
         }
     }
 
-    /// Drops every message, pending or cancelled; the handles of their actor timers.
+    /// Keeps a spawned future's task, to abort it at the final stop if it is still running.
+    /// Finished tasks are dropped whenever the list has doubled, so it stays within twice the
+    /// number running.
+    pub(crate) fn track(&mut self, task: JoinHandle<()>) {
+        if self.tasks.len() >= self.prune_at {
+            self.tasks.retain(|task| !task.is_finished());
+            self.prune_at = (self.tasks.len() * 2).max(MIN_PRUNE_AT);
+        }
+        self.tasks.push(task);
+    }
+
+    /// Drops every message, pending or cancelled, and aborts every spawned future still
+    /// running; returns the handles of the actor timers.
     pub(crate) fn clear(&mut self) -> Vec<SpawnHandle> {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.ready.borrow_mut().clear();
         let pending = self.pending.values().map(|scheduled| scheduled.handle);
         let mut handles: Vec<_> = pending.collect();
         handles.append(&mut self.cancelled);
         self.pending.clear();
         handles
+    }
+}
+
+/// A spawned future's output is in [`HandlerTimers::ready`]: deliver it. The output itself stays
+/// on the client's thread, so `H::Info` need not be `Send` (actix's mailbox requires it).
+pub(crate) struct SpawnedReady;
+
+impl Message for SpawnedReady {
+    type Result = ();
+}
+
+impl<H: MinchHandler> Handler<SpawnedReady> for Client<H> {
+    type Result = ();
+
+    fn handle(&mut self, _: SpawnedReady, ctx: &mut Context<Self>) {
+        // Empty after the final stop, which dropped the outputs still waiting.
+        let info = self.timers.ready.borrow_mut().pop_front();
+        if let Some(info) = info {
+            self.on_info(info, ctx);
+        }
+    }
+}
+
+impl<H: MinchHandler> Client<H> {
+    /// Runs `future` on the client's arbiter, outside the actor (so that a supervisor restart
+    /// does not cancel it), and has its output delivered to `handle_info` through the mailbox.
+    pub(crate) fn spawn_info(
+        actor: &mut Context<Self>,
+        timers: &mut HandlerTimers<H::Info>,
+        future: impl Future<Output = H::Info> + 'static,
+    ) {
+        // Weak: a pending future must not keep a client alive that nothing else does.
+        let client = actor.address().downgrade();
+        let ready = Rc::clone(&timers.ready);
+        let task = actix_rt::spawn(async move {
+            let info = future.await;
+            // Gone (stopped for good, every address dropped): the output has nowhere to go.
+            if let Some(client) = client.upgrade() {
+                ready.borrow_mut().push_back(info);
+                client.do_send(SpawnedReady);
+            }
+        });
+        timers.track(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn finished_tasks_are_dropped_so_the_list_stays_bounded() {
+        let mut timers = HandlerTimers::<()>::default();
+        for _ in 0..1000 {
+            timers.track(actix_rt::spawn(async {}));
+            // Lets the task run to its end.
+            for _ in 0..3 {
+                actix_rt::task::yield_now().await;
+            }
+        }
+        assert!(
+            timers.tasks.len() <= 2 * MIN_PRUNE_AT,
+            "{}",
+            timers.tasks.len()
+        );
+    }
+
+    #[actix_rt::test]
+    async fn clear_aborts_the_tasks_still_running() {
+        let mut timers = HandlerTimers::<()>::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        timers.track(actix_rt::spawn(async move {
+            let _ = rx.await;
+        }));
+        timers.ready.borrow_mut().push_back(());
+        timers.clear();
+        assert!(timers.ready.borrow().is_empty());
+        // The aborted task dropped its receiver.
+        for _ in 0..10 {
+            if tx.is_closed() {
+                return;
+            }
+            actix_rt::task::yield_now().await;
+        }
+        panic!("the task was not aborted");
     }
 }

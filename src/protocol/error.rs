@@ -41,7 +41,7 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// The server sent a close reason that is not valid UTF-8 (RFC 6455 §5.5.1).
     InvalidCloseReasonUtf8,
-    /// The server announced a frame longer than [`Limits::max_frame_size`](super::Limits).
+    /// The server announced a frame longer than [`ConnectOptions::max_frame_size`](crate::ConnectOptions::max_frame_size).
     FrameTooLarge {
         /// The payload length the frame header announced.
         size: u64,
@@ -49,7 +49,7 @@ pub enum ProtocolError {
         max: usize,
     },
     /// A message, counting the fragments so far and the one being announced, is longer than
-    /// [`Limits::max_message_size`](super::Limits).
+    /// [`ConnectOptions::max_message_size`](crate::ConnectOptions::max_message_size).
     MessageTooLarge {
         /// The message length once the announced fragment is added.
         size: u64,

@@ -33,19 +33,14 @@ pub(crate) use encoder::validate_outgoing;
 pub(crate) use error::CodecError;
 pub use error::ProtocolError;
 
-/// Size limits on what the server may send, checked before anything is buffered.
+/// Size limits on what the server may send, checked before anything is buffered: the codec's
+/// view of [`ConnectOptions::max_frame_size`](crate::ConnectOptions::max_frame_size) and
+/// [`max_message_size`](crate::ConnectOptions::max_message_size), which is where users set them.
 ///
 /// A frame or message over a limit fails the connection with close code 1009 (message too big,
 /// RFC 6455 §7.4.1); RFC 6455 §10.4 leaves the limits to the implementation.
-///
-/// ```
-/// use minch::Limits;
-///
-/// let limits = Limits { max_message_size: 1 << 20, ..Limits::default() };
-/// assert_eq!(limits.max_frame_size, 16 << 20);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// The longest payload a single frame may announce, in bytes. Default: 16 MiB.
     pub max_frame_size: usize,
     /// The longest message, counting all its fragments, in bytes. Default: 64 MiB.

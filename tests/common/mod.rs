@@ -173,7 +173,7 @@ impl MinchHandler for Recorder {
     fn init(
         &mut self,
         _ctx: &mut ClientContext<'_, Self>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.record(Event::Init);
         match &self.init_error {
             Some(message) => Err(message.clone().into()),

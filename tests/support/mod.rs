@@ -37,10 +37,10 @@ pub use self::interop::{
 };
 pub use self::proxy::{Proxy, ProxyMode};
 pub use self::raw::{
-    accept_upgrade_blocking, base64, binary_frame, close_frame, decode_frame, frame_bytes,
-    frame_header, masked_frame_bytes, scripted_ws_server, scripted_ws_server_seq,
-    sec_websocket_accept, sha1, silent_tcp_server, text_frame, ClientFrame, Handshake, LenForm,
-    RawEvent, RawFrame, ScriptedServer, SilentServer, Step, WS_GUID,
+    accept_upgrade_blocking, binary_frame, close_frame, decode_frame, frame_bytes, frame_header,
+    masked_frame_bytes, scripted_ws_server, scripted_ws_server_seq, sec_websocket_accept,
+    silent_tcp_server, text_frame, ClientFrame, Handshake, LenForm, RawEvent, RawFrame,
+    ScriptedServer, SilentServer, Step, WS_GUID,
 };
 pub use self::server::{ServerEvent, TestServer};
 

@@ -113,7 +113,7 @@ impl MinchHandler for Session {
     fn init(
         &mut self,
         ctx: &mut ClientContext<'_, Self>,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         // A handler timer survives reconnects: the limit is for the whole session.
         if let Some(timeout) = self.settings.timeout {
             ctx.send_info_after(timeout, Control::Timeout);
