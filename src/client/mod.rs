@@ -40,7 +40,8 @@ mod timers;
 
 use std::{
     cell::RefCell,
-    pin::Pin,
+    future::Future as _,
+    pin::{pin, Pin},
     rc::Rc,
     sync::Arc,
     task::{Context as TaskContext, Poll},
@@ -553,6 +554,17 @@ impl<H: MinchHandler> Client<H> {
         };
         conn.remember_waker(cx);
         drop(conn);
+        // A hand-over pause lasts until the driver runs again, which is after the runtime's
+        // next turn at the latest: a receiver that has not taken its frames by then has stopped
+        // waiting (a receive that timed out, a `next()` dropped by a `select!`), and pings, a
+        // close or more frames must not wait for it.
+        if let Some(queue) = self
+            .receive_queue
+            .as_ref()
+            .filter(|queue| queue.is_paused())
+        {
+            queue.end_hand_over();
+        }
 
         // Until the socket says Pending, no read waker is registered: a pass that stops on the
         // budget instead must wake itself, or the frames still unread would never be handled.
@@ -595,14 +607,19 @@ impl<H: MinchHandler> Client<H> {
         }
         self.publish_received();
         // Stopped on the budget: come back after the other tasks on this arbiter had their
-        // turn — or, when a waiting receiver was just handed frames, once it has taken them.
-        if budget_spent
-            && !self
-                .receive_queue
-                .as_ref()
-                .is_some_and(|queue| queue.pause_for_hand_over(cx.waker()))
-        {
-            cx.waker().wake_by_ref();
+        // turn. When a waiting receiver was just handed frames, read on once it has taken them,
+        // or after the runtime's next turn (when deferred wakes run) if it does not.
+        if budget_spent {
+            let handing_over = self.lifecycle.is_open()
+                && self
+                    .receive_queue
+                    .as_ref()
+                    .is_some_and(|queue| queue.pause_for_hand_over(cx.waker()));
+            if handing_over {
+                let _ = pin!(tokio::task::yield_now()).poll(cx);
+            } else {
+                cx.waker().wake_by_ref();
+            }
         }
         let Some(mut conn) = self.connection(generation) else {
             return Poll::Ready(());
