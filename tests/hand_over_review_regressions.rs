@@ -55,16 +55,16 @@ struct Peer {
     seen: Arc<Mutex<Seen>>,
 }
 
-/// What the peer does, besides answering the client's pings.
+/// What the peer does after a burst of text messages, besides answering the client's pings.
 #[derive(Clone, Copy)]
 enum Behaviour {
     /// On the client's close: `n` text messages "0" .. (the frames that were in flight when
     /// the client's close crossed them), then the close 1000.
-    BurstThenCloseOnClientClose(usize),
+    CloseOnClientClose(usize),
     /// On `go`: `n` text messages "0" .., then a ping "srv"; waits for its pong.
-    BurstThenPingOnGo(usize),
+    PingOnGo(usize),
     /// On `go`: `n` text messages "0" .., then the close 1000; waits for the echo.
-    BurstThenCloseOnGo(usize),
+    CloseOnGo(usize),
 }
 
 fn burst(n: usize) -> Vec<u8> {
@@ -108,18 +108,18 @@ fn serve(
             if rx.try_recv().is_ok() {
                 go = None;
                 match behaviour {
-                    Behaviour::BurstThenPingOnGo(n) => {
+                    Behaviour::PingOnGo(n) => {
                         let _ = stream.write_all(&burst(n));
                         let _ = stream.write_all(&frame_bytes(true, opcode::PING, b"srv"));
                         seen.lock().unwrap().server_ping_sent = Some(Instant::now());
                     }
-                    Behaviour::BurstThenCloseOnGo(n) => {
+                    Behaviour::CloseOnGo(n) => {
                         let _ = stream.write_all(&burst(n));
                         let _ = stream.write_all(&close_frame(Some(1000), ""));
                         close_sent = true;
                         seen.lock().unwrap().server_close_sent = Some(Instant::now());
                     }
-                    Behaviour::BurstThenCloseOnClientClose(_) => {}
+                    Behaviour::CloseOnClientClose(_) => {}
                 }
             }
         }
@@ -138,7 +138,7 @@ fn serve(
                 opcode::CLOSE => {
                     seen.lock().unwrap().client_close = Some((Instant::now(), frame.close_code));
                     if !close_sent {
-                        if let Behaviour::BurstThenCloseOnClientClose(n) = behaviour {
+                        if let Behaviour::CloseOnClientClose(n) = behaviour {
                             let _ = stream.write_all(&burst(n));
                         }
                         let _ = stream.write_all(&close_frame(Some(1000), ""));
@@ -261,7 +261,7 @@ const IN_FLIGHT: usize = 1_000;
 /// pause but the close timeout: `close()` takes the whole `close_timeout`, the connection ends
 /// with `Timeout(Close)`, and 744 messages the server sent are never delivered.
 async fn close_after_the_program_stopped_waiting(how: StopWaiting) {
-    let peer = spawn_peer(Behaviour::BurstThenCloseOnClientClose(IN_FLIGHT), None);
+    let peer = spawn_peer(Behaviour::CloseOnClientClose(IN_FLIGHT), None);
     let options = ConnectOptions::default().close_timeout(Duration::from_secs(3));
     let (connection, mut frames) = connect(&peer, options).await;
     receive_nothing(&mut frames, how).await;
@@ -323,7 +323,7 @@ const BURST: usize = 600;
 /// keepalive drops a healthy client whose queue is a quarter full.
 async fn server_ping_behind_a_burst_while_the_program_is_busy(how: StopWaiting) {
     let (go, go_rx) = mpsc::channel();
-    let peer = spawn_peer(Behaviour::BurstThenPingOnGo(BURST), Some(go_rx));
+    let peer = spawn_peer(Behaviour::PingOnGo(BURST), Some(go_rx));
     let (connection, mut frames) = connect(&peer, ConnectOptions::default()).await;
     receive_nothing(&mut frames, how).await;
 
@@ -382,7 +382,7 @@ async fn control_a_server_ping_behind_a_burst_is_answered_after_a_try_receive() 
 async fn a_server_close_behind_a_burst_is_not_echoed_while_a_program_that_stopped_waiting_is_busy()
 {
     let (go, go_rx) = mpsc::channel();
-    let peer = spawn_peer(Behaviour::BurstThenCloseOnGo(BURST), Some(go_rx));
+    let peer = spawn_peer(Behaviour::CloseOnGo(BURST), Some(go_rx));
     let (_connection, mut frames) = connect(&peer, ConnectOptions::default()).await;
     receive_nothing(&mut frames, StopWaiting::ReceiveTimesOut).await;
 
@@ -436,7 +436,7 @@ async fn control_hand_over_and_a_full_queue_together_deliver_everything_then_the
         ConnectOptions::default().max_queue_bytes(700),
     ] {
         let (go, go_rx) = mpsc::channel();
-        let peer = spawn_peer(Behaviour::BurstThenCloseOnGo(BIG_BURST), Some(go_rx));
+        let peer = spawn_peer(Behaviour::CloseOnGo(BIG_BURST), Some(go_rx));
         let (_connection, mut frames) = connect(&peer, options.ping_interval(None)).await;
         go_soon(go);
         let (received, end) = drain(&mut frames, BIG_BURST).await;
@@ -454,7 +454,7 @@ async fn control_hand_over_and_a_full_queue_together_deliver_everything_then_the
 async fn control_a_receiver_on_another_thread_gets_every_message_then_the_close() {
     for _ in 0..5 {
         let (go, go_rx) = mpsc::channel();
-        let peer = spawn_peer(Behaviour::BurstThenCloseOnGo(BIG_BURST), Some(go_rx));
+        let peer = spawn_peer(Behaviour::CloseOnGo(BIG_BURST), Some(go_rx));
         let (_connection, frames) =
             connect(&peer, ConnectOptions::default().ping_interval(None)).await;
         let receiving = thread::spawn(move || {
@@ -484,7 +484,7 @@ async fn control_a_receiver_on_another_thread_gets_every_message_then_the_close(
 /// timed out, begun after `close()`): the close handshake then completes at once.
 #[actix_rt::test]
 async fn control_dropping_frames_ends_a_hand_over_pause_during_the_close() {
-    let peer = spawn_peer(Behaviour::BurstThenCloseOnClientClose(IN_FLIGHT), None);
+    let peer = spawn_peer(Behaviour::CloseOnClientClose(IN_FLIGHT), None);
     let options = ConnectOptions::default().close_timeout(Duration::from_secs(3));
     let (connection, mut frames) = connect(&peer, options).await;
     receive_nothing(&mut frames, StopWaiting::ReceiveTimesOut).await;
