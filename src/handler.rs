@@ -127,7 +127,26 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// ```
     fn connect(&mut self, ctx: &mut ClientContext<'_, Self>) -> ConnectRequest;
 
-    /// The server accepted the upgrade; `response` has its status (101) and headers.
+    /// The server accepted the upgrade; `response` has its status (101) and headers. The place
+    /// to subscribe: frames sent here go out before anything the server's first frames prompt.
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler};
+    /// use minch::{Reply, Response};
+    /// # struct Feed;
+    ///
+    /// impl MinchHandler for Feed {
+    /// #   type Info = ();
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    ///     fn handle_connect(&mut self, response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         match response.subprotocol() {
+    ///             Some("feed.v2") => Reply::Send(Frame::text(r#"{"subscribe":["BTC-USD"]}"#)),
+    ///             _ => Reply::close(1002, "feed.v2 required"),
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn handle_connect(&mut self, response: &Response, ctx: &mut ClientContext<'_, Self>) -> Reply {
         let _ = (response, ctx);
         Reply::Continue
@@ -239,6 +258,29 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// or a protocol violation by the server (followed by `handle_disconnect`).
     ///
     /// Default: log at error level and carry on.
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler};
+    /// use minch::{Error, Reply, SendError};
+    /// # struct Feed { unsent: Vec<String> }
+    ///
+    /// impl MinchHandler for Feed {
+    /// #   type Info = ();
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    ///     fn handle_error(&mut self, error: Error, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+    ///         match error {
+    ///             // A reply found no connection: keep the order for the next one.
+    ///             Error::Send(SendError::NotConnected) => {
+    ///                 self.unsent.push("order".into());
+    ///                 Reply::Continue
+    ///             }
+    ///             Error::Protocol(violation) => Reply::stop(format!("server broke the protocol: {violation}")),
+    ///             _ => Reply::Continue,
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn handle_error(&mut self, error: Error, ctx: &mut ClientContext<'_, Self>) -> Reply {
         let _ = ctx;
         log::error!("minch client: {error}");
@@ -247,6 +289,25 @@ pub trait MinchHandler: Sized + Unpin + 'static {
 
     /// The client is about to stop for good. Runs exactly once; no callback runs after it, and
     /// the handler is dropped right after it returns.
+    ///
+    /// ```
+    /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
+    /// use minch::StopReason;
+    /// # struct Feed { done: Option<std::sync::mpsc::Sender<String>> }
+    ///
+    /// impl MinchHandler for Feed {
+    /// #   type Info = ();
+    /// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+    /// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+    ///     fn terminate(&mut self, reason: &StopReason, ctx: &mut ClientContext<'_, Self>) {
+    ///         // How the last connection ended, when a stop closed it.
+    ///         let ended = ctx.ended().map(|end| end.to_string()).unwrap_or_default();
+    ///         if let Some(done) = self.done.take() {
+    ///             let _ = done.send(format!("stopped: {reason} ({ended})"));
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn terminate(&mut self, reason: &StopReason, ctx: &mut ClientContext<'_, Self>) {
         let _ = (reason, ctx);
     }

@@ -86,6 +86,23 @@
 //! [`Continue`](Reply::Continue), [`Send`](Reply::Send) / [`SendAll`](Reply::SendAll) frames,
 //! [`Close`](Reply::Close) the connection, or [`Stop`](Reply::Stop) the client.
 //!
+//! ## The lifecycle
+//!
+//! ```text
+//! init ─▶ connect ─▶ (TCP, TLS, upgrade) ─▶ handle_connect ─▶ handle_frame / handle_info …
+//!            ▲                 │ failed                               │ ended (close, error, timeout)
+//!            │                 ▼                                      ▼
+//!            └── after the delay ◀── handle_disconnect(reason, attempt) ──▶ Stop ─▶ terminate
+//! ```
+//!
+//! `init` runs once; `connect` before every attempt; `handle_disconnect` once for every attempt
+//! that failed and every connection that ended, and decides: reconnect after a delay, or stop.
+//! [`Reply::Stop`] from any callback, or a [`Close`] message, closes the connection (with 1000,
+//! completing the handshake) and stops. `terminate` runs exactly once, last; the handler is
+//! dropped right after. While the client waits to reconnect, its address answers
+//! [`SendError::NotConnected`], and [`handle_info`](MinchHandler::handle_info) keeps running:
+//! timers and [`ClientContext::spawn_info`] futures belong to the handler, not to a connection.
+//!
 //! ## Reconnecting
 //!
 //! `attempt` counts the failures since the last successful upgrade, so a server that keeps
@@ -107,13 +124,22 @@
 //!
 //! ## Liveness and flow control
 //!
-//! The client pings every [`ConnectOptions::ping_interval`] (20 s) and drops a connection that
-//! stays silent for [`ConnectOptions::pong_timeout`] (20 s) after a ping, reporting
-//! [`Timeout::Pong`]. Connecting, TLS, the upgrade and the close handshake each have their own
-//! timeout. Outgoing frames beyond [`ConnectOptions::max_buffered_bytes`] are held back, so a
-//! sender that awaits each [`SendFrame`] slows down to the server's pace; [`TrySendFrame`] fails
-//! with [`SendError::BufferFull`] instead. [`GetStats`] reports traffic and the last ping's
-//! round trip.
+//! The client pings every [`ConnectOptions::ping_interval`] and drops a connection that stays
+//! silent for [`ConnectOptions::pong_timeout`] after a ping, reporting [`Timeout::Pong`].
+//! Outgoing frames beyond [`ConnectOptions::max_buffered_bytes`] are held back, so a sender that
+//! awaits each [`SendFrame`] slows down to the server's pace; [`TrySendFrame`] fails with
+//! [`SendError::BufferFull`] instead. [`GetStats`] reports traffic and the last ping's round trip.
+//!
+//! | [`ConnectOptions`] | default | allowed |
+//! |---|---|---|
+//! | [`ping_interval`](ConnectOptions::ping_interval) / [`pong_timeout`](ConnectOptions::pong_timeout) | 20 s / 20 s | over 0, at most 24 h; `None` turns keepalive off |
+//! | [`connect_timeout`](ConnectOptions::connect_timeout), `tls_timeout`, `upgrade_timeout` | 10 s each | over 0, at most 24 h |
+//! | [`close_timeout`](ConnectOptions::close_timeout) | 5 s | over 0, at most 24 h |
+//! | [`max_buffered_bytes`](ConnectOptions::max_buffered_bytes) | 16 MiB | at least 1 |
+//! | [`max_queue`](ConnectOptions::max_queue) / [`max_queue_bytes`](ConnectOptions::max_queue_bytes) (simple and blocking APIs) | 1 024 messages / 16 MiB | at least 1 |
+//! | [`max_frame_size`](ConnectOptions::max_frame_size) / [`max_message_size`](ConnectOptions::max_message_size) | 16 MiB / 64 MiB | at least 125 / at least 1 |
+//!
+//! A value outside its range is [`Error::InvalidOptions`], naming the option, before any I/O.
 //!
 //! ## The simple API
 //!
@@ -134,6 +160,8 @@
 //!   Without it (`default-features = false`) minch speaks `ws://` only, with neither rustls nor
 //!   ring in the build; a `wss://` URL then fails before any I/O with
 //!   [`Error::TlsNotEnabled`], a configuration error whose message says how to turn TLS on.
+//! - `cli`: the `minch` command-line client (`cargo install minch --features cli`); the library
+//!   itself does not change.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The crate docs link to `TlsOptions`, which exists only with the `tls` feature.
 #![cfg_attr(not(feature = "tls"), allow(rustdoc::broken_intra_doc_links))]
