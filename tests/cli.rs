@@ -24,8 +24,8 @@ use std::{
 };
 
 use support::{
-    opcode, python_echo_server, scripted_ws_server, silent_tcp_server, RawFrame, ServerEvent, Step,
-    TestServer,
+    node_echo_server, opcode, python_echo_server, scripted_ws_server, silent_tcp_server,
+    ExternalServer, RawFrame, ServerEvent, Step, TestServer,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_minch");
@@ -783,12 +783,9 @@ fn tls_with_a_ca_file_or_insecure() {
 
 // ---- another server ----------------------------------------------------------------------
 
-#[test]
-fn interop_with_python_websockets() {
-    let server = match python_echo_server() {
-        Ok(server) => server,
-        Err(reason) => panic!("the Python websockets peer could not be started: {reason}"),
-    };
+/// `--send`, a stdin line and `/binary` against an independent echo server: every frame comes
+/// back, in order, and the run ends with 0 after `--count`.
+fn echo_through(server: &ExternalServer) {
     let mut run = minch(&[&server.url("/"), "--send", "from --send", "--count", "3"]);
     run.type_line("from stdin");
     run.type_line("/binary 01 02 03");
@@ -798,6 +795,24 @@ fn interop_with_python_websockets() {
         ended.stdout,
         "from --send\nfrom stdin\n[binary 3 bytes] 01 02 03\n"
     );
+}
+
+#[test]
+fn interop_with_python_websockets() {
+    let server = match python_echo_server() {
+        Ok(server) => server,
+        Err(reason) => panic!("the Python websockets peer could not be started: {reason}"),
+    };
+    echo_through(&server);
+}
+
+#[test]
+fn interop_with_node_ws() {
+    let server = match node_echo_server() {
+        Ok(server) => server,
+        Err(reason) => panic!("the Node ws peer could not be started: {reason}"),
+    };
+    echo_through(&server);
 }
 
 // ---- a real terminal ---------------------------------------------------------------------
