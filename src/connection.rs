@@ -44,6 +44,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_in: u64,
     pub(crate) frames_out: u64,
     pub(crate) bytes_out: u64,
+    /// Frames accepted for sending and never written: set when the connection is retired.
+    pub(crate) frames_unsent: u64,
 }
 
 impl std::ops::AddAssign for Counters {
@@ -52,6 +54,7 @@ impl std::ops::AddAssign for Counters {
         self.bytes_in += other.bytes_in;
         self.frames_out += other.frames_out;
         self.bytes_out += other.bytes_out;
+        self.frames_unsent += other.frames_unsent;
     }
 }
 
@@ -99,6 +102,11 @@ impl Progress {
     /// The number of the last frame accepted.
     pub(crate) fn accepted(&self) -> u64 {
         self.accepted.get()
+    }
+
+    /// Frames accepted and not written (yet, or ever).
+    pub(crate) fn unwritten(&self) -> u64 {
+        self.accepted.get() - self.written.get()
     }
 
     /// What became of frame `number`, once known.
@@ -552,6 +560,16 @@ impl<T> Deferred<T> {
 
     pub(crate) fn pending(waiters: &Waiters<T>) -> Self {
         Deferred(DeferredState::Pending(waiters.clone()))
+    }
+}
+
+impl Deferred<Result<(), SendError>> {
+    /// The failure, if the frame was refused at once.
+    pub(crate) fn refused(&self) -> Option<&SendError> {
+        match &self.0 {
+            DeferredState::Ready(Err(error)) => Some(error),
+            _ => None,
+        }
     }
 }
 

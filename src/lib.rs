@@ -119,8 +119,22 @@
 //! ## Sending
 //!
 //! [`SendFrame`] resolves once the frame has been written to the socket, or with a
-//! [`SendError`] saying why not; [`SendFrames`] sends many in one message. A client that is not connected answers
-//! [`SendError::NotConnected`] at once: frames are never buffered for a later connection.
+//! [`SendError`] saying why not; [`SendFrames`] sends many in one message. A client that is not
+//! connected answers [`SendError::NotConnected`] at once: frames are never buffered for a later
+//! connection.
+//!
+//! To send without waiting for the answer, use actix's `do_send`. Nothing then fails silently:
+//! a frame refused on the spot (not connected, closing, invalid, a full buffer for
+//! [`TrySendFrame`]) goes to [`handle_error`](MinchHandler::handle_error), and a frame accepted
+//! and later lost with its connection is counted in [`Stats::frames_unsent`].
+//!
+//! ```no_run
+//! # use minch::{Client, Frame, MinchHandler, SendFrame, SendFrames};
+//! # fn demo<H: MinchHandler>(client: actix::Addr<Client<H>>) {
+//! client.do_send(SendFrame(Frame::text("tick")));
+//! client.do_send(SendFrames((0..100).map(|n| Frame::text(n.to_string())).collect()));
+//! # }
+//! ```
 //!
 //! ## Liveness and flow control
 //!

@@ -224,6 +224,11 @@ pub struct Stats {
     pub frames_out: u64,
     /// Payload bytes written to the buffer.
     pub bytes_out: u64,
+    /// Frames accepted for sending that were never written to the socket, over the connections
+    /// that have ended: held back and refused when a close went ahead of them, or lost with the
+    /// connection. Their senders heard why; a frame sent with `do_send` has no sender to hear,
+    /// so this is where its later failure shows.
+    pub frames_unsent: u64,
     /// The round trip of the last keepalive ping.
     pub last_ping_rtt: Option<Duration>,
 }
@@ -439,7 +444,10 @@ impl<H: MinchHandler> Client<H> {
     /// Keeps the traffic of a connection that ended, and drops it: its senders still waiting
     /// hear [`SendError::ConnectionLost`], and its driver ends.
     fn retire(&mut self, conn: SharedConnection) {
-        self.past_traffic += conn.borrow().counters;
+        let conn = conn.borrow();
+        let mut counters = conn.counters;
+        counters.frames_unsent = conn.progress().unwritten();
+        self.past_traffic += counters;
     }
 
     /// Sets the lifecycle's one timer to its next deadline.
@@ -847,6 +855,7 @@ impl<H: MinchHandler> Client<H> {
         stats.bytes_in = traffic.bytes_in;
         stats.frames_out = traffic.frames_out;
         stats.bytes_out = traffic.bytes_out;
+        stats.frames_unsent = traffic.frames_unsent;
         stats
     }
 }
@@ -886,30 +895,89 @@ impl<H: MinchHandler> Supervised for Client<H> {
 }
 
 impl<H: MinchHandler> Handler<SendFrame> for Client<H> {
-    type Result = Deferred<Result<(), SendError>>;
+    type Result = SendAnswer;
 
     fn handle(&mut self, SendFrame(frame): SendFrame, ctx: &mut Context<Self>) -> Self::Result {
-        self.send_message(frame, true, ctx)
+        SendAnswer(self.send_message(frame, true, ctx))
     }
 }
 
 impl<H: MinchHandler> Handler<SendFrames> for Client<H> {
-    type Result = Deferred<Result<(), SendError>>;
+    type Result = SendAnswer;
 
     fn handle(&mut self, SendFrames(frames): SendFrames, ctx: &mut Context<Self>) -> Self::Result {
-        self.send_batch(frames, ctx)
+        SendAnswer(self.send_batch(frames, ctx))
     }
 }
 
 impl<H: MinchHandler> Handler<TrySendFrame> for Client<H> {
-    type Result = Deferred<Result<(), SendError>>;
+    type Result = SendAnswer;
 
     fn handle(
         &mut self,
         TrySendFrame(frame): TrySendFrame,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
-        self.send_message(frame, false, ctx)
+        SendAnswer(self.send_message(frame, false, ctx))
+    }
+}
+
+/// The answer to [`SendFrame`], [`SendFrames`] and [`TrySendFrame`]: the frame's fate once
+/// known, for a sender that awaits it (`addr.send(..)`). A message sent with `do_send` has no
+/// one to answer: a refusal on the spot (not connected, closing, an invalid frame, a full
+/// buffer) then goes to [`handle_error`](MinchHandler::handle_error) instead of nowhere, and a
+/// frame lost later with its connection is counted in [`Stats::frames_unsent`].
+///
+/// `pub` only because actix's `Handler::Result` of a public impl must be: the module is private
+/// and the type is not re-exported.
+pub struct SendAnswer(Deferred<Result<(), SendError>>);
+
+impl<H, M> actix::dev::MessageResponse<Client<H>, M> for SendAnswer
+where
+    H: MinchHandler,
+    M: Message<Result = Result<(), SendError>>,
+{
+    fn handle(
+        self,
+        ctx: &mut Context<Client<H>>,
+        tx: Option<actix::dev::OneshotSender<Result<(), SendError>>>,
+    ) {
+        if tx.is_none() {
+            if let Some(error) = self.0.refused() {
+                ctx.notify(Unsent(error.clone()));
+            }
+            return;
+        }
+        actix::dev::MessageResponse::<Client<H>, M>::handle(self.0, ctx, tx);
+    }
+}
+
+impl std::fmt::Debug for SendAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A frame sent with `do_send` was refused on the spot: the handler hears of it.
+struct Unsent(SendError);
+
+impl Message for Unsent {
+    type Result = ();
+}
+
+impl<H: MinchHandler> Handler<Unsent> for Client<H> {
+    type Result = ();
+
+    fn handle(&mut self, Unsent(error): Unsent, ctx: &mut Context<Self>) {
+        let reply = self.callback(ctx, |handler, ctx| {
+            handler.handle_error(Error::Send(error), ctx)
+        });
+        if let Some(reply) = reply {
+            // A reply that fails too is logged, not reported again: no loop.
+            self.apply_at_depth(reply, ctx, 1);
+        }
+        self.wake_driver();
+        self.settle(ctx);
     }
 }
 
