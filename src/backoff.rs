@@ -22,7 +22,8 @@ pub struct BackoffOptions {
     pub min: u64,
     /// The largest delay, in milliseconds. Default: 30 000.
     pub max: u64,
-    /// The exponent applied to the attempt number. Default: 2.0.
+    /// The exponent applied to the attempt number. Default: 2.0. A negative or NaN factor
+    /// counts as 0 (every delay `min`).
     pub factor: f64,
 }
 
@@ -63,7 +64,9 @@ impl Default for BackoffOptions {
 }
 
 /// The reconnect delay in milliseconds for the `attempt`-th consecutive failure:
-/// `round(min * attempt^factor)`, capped at `max`. Attempt 0 gives 0.
+/// `round(min * attempt^factor)`, capped at `max`. Attempt 0 gives 0. A negative or NaN
+/// `factor` counts as 0, so delays never shrink as attempts grow; a `max` below `min` caps
+/// every delay at `max`.
 ///
 /// This reproduces the tables in Minch's documentation:
 ///
@@ -98,11 +101,18 @@ impl Default for BackoffOptions {
 /// assert_eq!(backoff(2, gentle), 283);
 /// ```
 pub fn backoff(attempt: u32, options: BackoffOptions) -> u64 {
-    let delay = (options.min as f64 * f64::from(attempt).powf(options.factor)).round();
-    // A float beyond u64's range (or NaN from a negative factor) saturates; cap it either way.
-    if delay.is_nan() {
-        return options.max;
+    if attempt == 0 {
+        return 0;
     }
+    // Delays never shrink as attempts grow: a negative factor (a sign slip) or NaN would make
+    // them fall to 0, a reconnect storm, so it counts as 0 (every delay `min`).
+    let factor = if options.factor >= 0.0 {
+        options.factor
+    } else {
+        0.0
+    };
+    let delay = (options.min as f64 * f64::from(attempt).powf(factor)).round();
+    // A float beyond u64's range saturates in the cast; the cap applies either way.
     (delay as u64).min(options.max)
 }
 

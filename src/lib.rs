@@ -210,7 +210,7 @@ pub use crate::{
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
-    options::{ConnectOptions, ConnectRequest},
+    options::{redact_url, ConnectOptions, ConnectRequest},
     protocol::ProtocolError,
     simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,

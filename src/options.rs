@@ -80,36 +80,51 @@ impl fmt::Debug for ConnectRequest {
 /// Works on any string, URL or not: what is not a URL is redacted by the same positional rules
 /// (everything after the first `#`, every value after the first `?`, everything before the last
 /// `@` of the authority), so a malformed URL in an error message leaks no more than a valid one.
-pub(crate) fn redact_url(url: &str) -> String {
+/// A password with an unescaped `@`, `/`, `?` or `#` is hidden too. minch shows URLs this way
+/// in its errors, logs and `Debug` output; use it for your own.
+///
+/// ```
+/// assert_eq!(
+///     minch::redact_url("wss://user:pw@feed.example.com/v1?token=abc&flag#x"),
+///     "wss://feed.example.com/v1?token=REDACTED&REDACTED#REDACTED",
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
+    // The authority starts after `scheme://` (or a scheme-relative `//`); with neither, the
+    // string is not a URL and its start is treated as the authority, so `user:pw@host` is
+    // redacted as well.
+    let authority_start = match url.find("://") {
+        Some(at) if is_scheme(&url[..at]) => at + 3,
+        // Not a scheme (`u:pw@host://…`, or a `://` in a query): whatever precedes it may
+        // itself hold a secret.
+        Some(_) => 0,
+        None if url.starts_with("//") => 2,
+        None => 0,
+    };
+    let mut shown = String::with_capacity(url.len());
+    shown.push_str(&url[..authority_start]);
+    let rest = &url[authority_start..];
+    let userinfo = userinfo_len(rest);
+    if rest[..userinfo].contains(['?', '#']) {
+        // The userinfo ran past a `?` or `#` (`user:pw?x@host`): what follows it may be a
+        // query or a fragment as well as a host and path, so none of it is shown.
+        shown.push_str(REDACTED);
+        return shown;
+    }
+    let rest = &rest[userinfo..];
+
     // Split as a URL parser does: the first `#` starts the fragment, and the first `?` before
-    // it starts the query. A `?` or `://` in an odd place (malformed input) can then only make
-    // more of the string count as query or fragment, that is, redacted.
-    let (before_fragment, fragment) = match url.split_once('#') {
+    // it starts the query. A `?` in an odd place (malformed input) can then only make more of
+    // the string count as query or fragment, that is, redacted.
+    let (before_fragment, fragment) = match rest.split_once('#') {
         Some((before, fragment)) => (before, Some(fragment)),
-        None => (url, None),
+        None => (rest, None),
     };
     let (before_query, query) = match before_fragment.split_once('?') {
         Some((before, query)) => (before, Some(query)),
         None => (before_fragment, None),
     };
-
-    let mut shown = String::with_capacity(url.len());
-    // The authority starts after `scheme://` (or a scheme-relative `//`); with neither, the
-    // string is not a URL and its start is treated as the authority, so `user:pw@host` is
-    // redacted as well.
-    let authority_start = match before_query.find("://") {
-        Some(at) if is_scheme(&before_query[..at]) => at + 3,
-        // Not a scheme (`u:pw@host://…`): whatever precedes `://` may itself hold a secret.
-        Some(_) => 0,
-        None if before_query.starts_with("//") => 2,
-        None => 0,
-    };
-    shown.push_str(&before_query[..authority_start]);
-    let rest = &before_query[authority_start..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    // The last `@` ends the userinfo: an unescaped `@` inside a password is a common mistake.
-    let host_start = rest[..authority_end].rfind('@').map_or(0, |at| at + 1);
-    shown.push_str(&rest[host_start..]);
+    shown.push_str(before_query);
 
     if let Some(query) = query {
         shown.push('?');
@@ -117,10 +132,14 @@ pub(crate) fn redact_url(url: &str) -> String {
             if i > 0 {
                 shown.push('&');
             }
-            let (name, value) = match pair.split_once('=') {
-                Some((name, value)) => (name, Some(value)),
-                None => (pair, None),
+            let Some((name, value)) = pair.split_once('=') else {
+                // A bare item (`?sk_live_…`) is as likely a key as a flag: hidden, unless empty.
+                if !pair.is_empty() {
+                    shown.push_str(REDACTED);
+                }
+                continue;
             };
+            let value = Some(value);
             // A name that is not plainly a name (`?b://user:pw@host`, from a `?` in the wrong
             // place) may carry anything, so only name-like names are shown.
             if is_plain_query_name(name) {
@@ -148,6 +167,45 @@ pub(crate) fn redact_url(url: &str) -> String {
         None => {}
     }
     shown
+}
+
+/// How many bytes of `rest` (what follows `scheme://`) are userinfo, `@` included.
+fn userinfo_len(rest: &str) -> usize {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    // The last `@` ends the userinfo: an unescaped `@` inside a password is a common mistake.
+    if let Some(at) = authority.rfind('@') {
+        return at + 1;
+    }
+    // So is an unescaped `/`, `?` or `#`, which ends the authority early: `user:pa/ss@host`.
+    // A `:` followed by anything but a port's digits cannot be `host:port`, so the userinfo
+    // then runs to the last `@` of all. (A password made of digits up to its first `/` still
+    // reads as a port: nothing tells the two apart.)
+    match rest.rfind('@') {
+        Some(at) if !is_host_and_port(authority) => at + 1,
+        _ => 0,
+    }
+}
+
+/// Whether `authority` reads as `host`, `host:port` or `[v6]:port` (a port of digits only).
+fn is_host_and_port(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.find(']') {
+            Some(end)
+                if v6[..end]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.%".contains(&b)) =>
+            {
+                &v6[end + 1..]
+            }
+            _ => return false,
+        },
+        None => authority.find(':').map_or("", |at| &authority[at..]),
+    };
+    after_host.is_empty()
+        || after_host
+            .strip_prefix(':')
+            .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What [`redact_url`] shows in place of a secret.
@@ -691,8 +749,15 @@ mod tests {
                 "wss://host/feed?token=abc&v=2",
                 "wss://host/feed?token=REDACTED&v=REDACTED",
             ),
-            ("ws://host/?flag", "ws://host/?flag"),
-            ("ws://host/?flag&k=v", "ws://host/?flag&k=REDACTED"),
+            ("ws://host/?flag", "ws://host/?REDACTED"),
+            ("ws://host/?flag&k=v", "ws://host/?REDACTED&k=REDACTED"),
+            ("ws://host/?&k=v", "ws://host/?&k=REDACTED"),
+            // A password with an unescaped delimiter.
+            ("ws://admin:hun/ter2@host:1/p", "ws://host:1/p"),
+            ("ws://admin:hunter2?x@host/p?k=v", "ws://REDACTED"),
+            ("ws://admin:hun#ter2@host/p", "ws://REDACTED"),
+            ("ws://host:8080/users/@me", "ws://host:8080/users/@me"),
+            ("ws://[::1]:8080/users/@me", "ws://[::1]:8080/users/@me"),
             ("ws://host/?k=", "ws://host/?k="),
             ("ws://host/?k=a=b", "ws://host/?k=REDACTED"),
             ("ws://host/?ids[]=1", "ws://host/?ids[]=REDACTED"),
@@ -760,8 +825,10 @@ mod tests {
             fn secrets_never_show(
                 scheme in "[a-z][a-z0-9+.-]{0,5}",
                 with_scheme in any::<bool>(),
-                user in part("/?#"),
-                host in part("/?#"),
+                user in part("/?#:@"),
+                // An unescaped `/`, `?`, `#` or `@` in the password is a common mistake.
+                password_rest in part(""),
+                host in part("/?#@"),
                 path in part("?#"),
                 names in proptest::collection::vec(part("=&#"), 0..4),
                 values in proptest::collection::vec(part("&#"), 0..4),
@@ -773,7 +840,7 @@ mod tests {
                     url.push_str(&scheme);
                     url.push_str("://");
                 }
-                url.push_str(&format!("{user}:{SECRET}@{host}/{path}"));
+                url.push_str(&format!("{user}:{SECRET}{password_rest}@{host}/{path}"));
                 for (i, (name, value)) in names.iter().zip(&values).enumerate() {
                     url.push(if i == 0 { '?' } else { '&' });
                     url.push_str(&format!("{name}={value}{SECRET}{value}"));

@@ -63,8 +63,8 @@ pub struct Args {
     pub url: String,
 
     /// An extra request header, 'Name: value' (repeatable). Values are never printed.
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
-    pub headers: Vec<Header>,
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<RawHeader>,
 
     /// A subprotocol to offer, most preferred first (repeatable).
     #[arg(long = "subprotocol", value_name = "NAME")]
@@ -143,6 +143,25 @@ pub enum When {
     Never,
 }
 
+/// A `--header` as given, checked by [`Args::request`]: clap quotes a value its parser refuses,
+/// and the value may be a token.
+#[derive(Clone)]
+pub struct RawHeader(String);
+
+impl std::str::FromStr for RawHeader {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(RawHeader(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for RawHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawHeader(<redacted>)")
+    }
+}
+
 /// A request header from `--header`.
 #[derive(Clone)]
 pub struct Header {
@@ -166,11 +185,15 @@ pub struct PingInterval(pub Option<Duration>);
 fn parse_header(text: &str) -> Result<Header, String> {
     // The value is left out of every message: it may be a token.
     let Some((name, value)) = text.split_once(':') else {
-        return Err("expected 'Name: value' (no ':' found)".into());
+        return Err(
+            "--header: expected 'Name: value' (no ':' found; the argument is not shown, \
+                    as it may hold a secret)"
+                .into(),
+        );
     };
     let name = name.trim();
     if name.is_empty() {
-        return Err("the header name before ':' is empty".into());
+        return Err("--header: the header name before ':' is empty".into());
     }
     Ok(Header {
         name: name.to_owned(),
@@ -236,8 +259,8 @@ impl Args {
         let headers = self
             .headers
             .iter()
-            .map(|header| (header.name.clone(), header.value.clone()))
-            .collect::<Vec<_>>();
+            .map(|RawHeader(text)| parse_header(text).map(|header| (header.name, header.value)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((self.url.clone(), headers, options).into())
     }
 }

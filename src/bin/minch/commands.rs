@@ -90,6 +90,10 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|byte| !byte.is_ascii_whitespace())
         .collect();
+    // Checked first: `from_str_radix` would take a sign ("+1") as part of a number.
+    if let Some(&bad) = digits.iter().find(|byte| !byte.is_ascii_hexdigit()) {
+        return Err(format!("/binary: {:?} is not a hex digit", char::from(bad)));
+    }
     if !digits.len().is_multiple_of(2) {
         return Err("/binary: an odd number of hex digits".into());
     }

@@ -144,9 +144,10 @@ async fn send(
                 printer.sent(what);
                 return true;
             }
-            // Not written, so it is safe to send it again on the next connection. The pause
-            // keeps this from spinning while the session learns of the disconnect.
-            Ok(Err(SendError::NotConnected | SendError::ConnectionLost)) => {
+            // Not written, so it is safe to send it again on the next connection (a closing
+            // one is about to end). The pause keeps this from spinning while the session
+            // learns of the disconnect.
+            Ok(Err(SendError::NotConnected | SendError::ConnectionLost | SendError::Closing)) => {
                 actix_rt::time::sleep(Duration::from_millis(50)).await;
             }
             Ok(Err(SendError::Stopped)) | Err(_) => return false,

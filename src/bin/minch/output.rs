@@ -227,25 +227,10 @@ pub fn hex_preview(data: &[u8]) -> String {
     shown
 }
 
-/// The URL as it may be printed: without `user:password@`, query or fragment, which often
-/// carry credentials (`?token=…`). A `?…` or `#…` says something was left out.
+/// The URL as it may be printed, as the library shows it: without `user:password@`, and with
+/// query values and the fragment replaced by `REDACTED`, since they often carry credentials.
 pub fn shown_url(url: &str) -> String {
-    let end = url.find(['?', '#']).unwrap_or(url.len());
-    let (base, rest) = url.split_at(end);
-    let authority_start = base.find("://").map_or(0, |at| at + 3);
-    let authority_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |at| authority_start + at);
-    let host_start = base[authority_start..authority_end]
-        .rfind('@')
-        .map_or(authority_start, |at| authority_start + at + 1);
-    let mut shown = format!("{}{}", &base[..authority_start], &base[host_start..]);
-    if rest.starts_with('?') {
-        shown.push_str("?…");
-    } else if rest.starts_with('#') {
-        shown.push_str("#…");
-    }
-    shown
+    minch::redact_url(url)
 }
 
 #[cfg(test)]
@@ -266,9 +251,15 @@ mod tests {
     #[test]
     fn urls_are_shown_without_credentials() {
         assert_eq!(shown_url("ws://h:1/p"), "ws://h:1/p");
-        assert_eq!(shown_url("wss://u:pw@h/p?token=x"), "wss://h/p?…");
+        assert_eq!(
+            shown_url("wss://u:pw@h/p?token=x"),
+            "wss://h/p?token=REDACTED"
+        );
         assert_eq!(shown_url("ws://u:p@ss@h"), "ws://h");
-        assert_eq!(shown_url("ws://h/users/@me#frag"), "ws://h/users/@me#…");
+        assert_eq!(
+            shown_url("ws://h/users/@me#frag"),
+            "ws://h/users/@me#REDACTED"
+        );
         assert_eq!(shown_url("user:pw@host"), "host");
     }
 

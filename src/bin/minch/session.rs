@@ -182,6 +182,13 @@ impl MinchHandler for Session {
 
     fn handle_frame(&mut self, frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
         match &frame {
+            // Frames that arrive after --count was reached (in the same read, or during the
+            // close handshake) are not the script's: it asked for that many.
+            Frame::Text(_) | Frame::Binary(_)
+                if self
+                    .settings
+                    .count
+                    .is_some_and(|count| self.received >= count) => {}
             Frame::Text(_) | Frame::Binary(_) => {
                 self.printer.frame(&frame);
                 self.received += 1;
