@@ -9,7 +9,7 @@
 use std::{
     cell::{Cell, OnceCell},
     collections::VecDeque,
-    future::{poll_fn, Future as _},
+    future::{poll_fn, Future},
     pin::Pin,
     rc::Rc,
     sync::Arc,
@@ -509,7 +509,9 @@ impl std::fmt::Display for ReceiveError {
 impl std::error::Error for ReceiveError {}
 
 impl Frames {
-    /// The next frame, waiting at most `timeout`.
+    /// The next frame, waiting at most `timeout`. Works on any executor: with a tokio runtime
+    /// on the calling thread (an actix System included) the timeout is tokio's timer,
+    /// elsewhere a thread of its own keeps it.
     ///
     /// # Errors
     /// [`ReceiveError::Timeout`] if nothing came in time; [`ReceiveError::Closed`] with the
@@ -519,10 +521,17 @@ impl Frames {
             return Err(ReceiveError::Closed(end.clone()));
         }
         let next = poll_fn(|cx| self.poll_take(cx));
-        match actix_rt::time::timeout(timeout, next).await {
-            Err(_) => Err(ReceiveError::Timeout),
-            Ok(Ok(frame)) => Ok(frame),
-            Ok(Err(reason)) => {
+        // `Frames` is `Send`: it may be received on a thread with no tokio runtime (a plain
+        // executor), where tokio's timer cannot run.
+        let taken = if tokio::runtime::Handle::try_current().is_ok() {
+            actix_rt::time::timeout(timeout, next).await.ok()
+        } else {
+            within_on_any_executor(timeout, next).await
+        };
+        match taken {
+            None => Err(ReceiveError::Timeout),
+            Some(Ok(frame)) => Ok(frame),
+            Some(Err(reason)) => {
                 self.end = Some(reason.clone());
                 Err(ReceiveError::Closed(reason))
             }
@@ -569,6 +578,47 @@ impl Frames {
     pub(crate) fn into_receiver(self) -> Receiver {
         self.receiver
     }
+}
+
+/// `future`'s output, or `None` once `timeout` has passed, on any executor: the deadline is
+/// kept by a thread of its own, started only if the future has to wait.
+async fn within_on_any_executor<F: Future>(timeout: Duration, future: F) -> Option<F::Output> {
+    let deadline = std::time::Instant::now().checked_add(timeout);
+    let mut future = std::pin::pin!(future);
+    let mut timer: Option<Arc<std::sync::Mutex<Waker>>> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        // Beyond the clock's range: as good as never.
+        let Some(deadline) = deadline else {
+            return Poll::Pending;
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Poll::Ready(None);
+        }
+        match &timer {
+            // The task may have moved: the timer wakes whoever polled last.
+            Some(waker) => waker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone_from(cx.waker()),
+            None => {
+                let waker = Arc::new(std::sync::Mutex::new(cx.waker().clone()));
+                timer = Some(waker.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(left);
+                    waker
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .wake_by_ref();
+                });
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 impl Stream for Frames {

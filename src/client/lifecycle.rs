@@ -161,6 +161,9 @@ pub(crate) struct Reading {
     pub(crate) taken: u64,
 }
 
+/// How many unanswered keepalive pings, before the latest, are remembered.
+const EARLIER_PINGS: usize = 4;
+
 /// The client's lifecycle. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Lifecycle<C> {
@@ -171,6 +174,10 @@ pub(crate) struct Lifecycle<C> {
     /// The connection's latest keepalive ping: its pong is the client's business, whenever it
     /// comes (after other frames, or once the connection is closing).
     last_ping: Option<([u8; 8], Instant)>,
+    /// Earlier keepalive pings of the connection left unanswered when a newer one went out: a
+    /// late pong to one of them is the client's too (RFC 6455 §5.5.3 lets a peer answer only
+    /// the latest ping, or all of them, late).
+    earlier_pings: [Option<[u8; 8]>; EARLIER_PINGS],
     last_rtt: Option<Duration>,
     actions: VecDeque<Action<C>>,
     /// An event may have moved [`poll_timeout`](Self::poll_timeout) earlier. (A pong only moves
@@ -188,6 +195,7 @@ impl<C: Link> Lifecycle<C> {
                 keepalive: None,
             },
             last_ping: None,
+            earlier_pings: [None; EARLIER_PINGS],
             last_rtt: None,
             actions: VecDeque::new(),
             timer_moved: false,
@@ -255,6 +263,18 @@ impl<C: Link> Lifecycle<C> {
 
     pub(crate) fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open { .. })
+    }
+
+    /// The server's close frame has arrived: whatever it sends after it is to be ignored
+    /// (RFC 6455 §5.5.1).
+    pub(crate) fn server_closed(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Closing {
+                by: Initiator::Server(_),
+                ..
+            }
+        )
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
@@ -344,6 +364,7 @@ impl<C: Link> Lifecycle<C> {
         self.attempt = 0;
         self.settings = settings;
         self.last_ping = None;
+        self.earlier_pings = [None; EARLIER_PINGS];
         let keepalive = settings
             .keepalive
             .map(|(interval, pong_timeout)| Keepalive {
@@ -497,6 +518,21 @@ impl<C: Link> Lifecycle<C> {
                 }
                 true
             }
+            _ if self.conn().is_some() => {
+                match self
+                    .earlier_pings
+                    .iter_mut()
+                    .find(|earlier| earlier.is_some_and(|ping| ping == payload))
+                {
+                    // Late: no round trip to learn from it, but no frame for the program
+                    // either.
+                    Some(earlier) => {
+                        *earlier = None;
+                        true
+                    }
+                    None => false,
+                }
+            }
             _ => false,
         }
     }
@@ -547,7 +583,10 @@ impl<C: Link> Lifecycle<C> {
                             frames_in_then: frames_in,
                             taken_then: reading.taken,
                         });
-                        self.last_ping = Some((payload, now));
+                        if let Some((unanswered, _)) = self.last_ping.replace((payload, now)) {
+                            self.earlier_pings.rotate_right(1);
+                            self.earlier_pings[0] = Some(unanswered);
+                        }
                         self.actions.push_back(Action::Ping(payload));
                     }
                 }

@@ -682,6 +682,11 @@ impl<H: MinchHandler> Client<H> {
             }
             Frame::Pong(payload) if self.lifecycle.pong(&payload, Instant::now()) => {}
             Frame::Close(close) => self.lifecycle.close_received(close, Instant::now()),
+            // RFC 6455 §5.5.1: nothing follows a close frame. A server that sends more anyway
+            // is ignored (Autobahn 7.1.4), not handed on.
+            _ if self.lifecycle.server_closed() => {
+                log::debug!("minch: a frame after the server's close frame; ignored");
+            }
             frame if self.receive_queue.is_some() => {
                 self.staged_bytes += frame.payload_len();
                 self.staged.push(frame);
