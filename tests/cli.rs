@@ -24,8 +24,9 @@ use std::{
 };
 
 use support::{
-    node_echo_server, opcode, python_echo_server, scripted_ws_server, silent_tcp_server,
-    ExternalServer, RawFrame, ServerEvent, Step, TestServer,
+    close_frame, node_echo_server, opcode, python_echo_server, scripted_ws_server,
+    scripted_ws_server_seq, silent_tcp_server, text_frame, ExternalServer, RawFrame, ServerEvent,
+    Step, TestServer,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_minch");
@@ -970,4 +971,162 @@ fn no_color_turns_colour_off_in_a_terminal() {
     // Ctrl-D: the end of input closes the connection.
     tmux.run(&["send-keys", "-t", &tmux.socket, "C-d"]);
     tmux.wait_screen("exit=0", |screen| screen.contains("exit=0"));
+}
+
+// ==== regressions from a cold review ===========================================================
+// Each of these failed on the client as first merged (6fac4b6). A seventh finding, `cli` not
+// building without `tls`, is covered by `.ci/run`'s clippy of `--no-default-features --features
+// cli`.
+
+// ---- review: secrets -------------------------------------------------------------------------------
+
+/// `--help`: "Request header values are never printed". A header typed without its colon
+/// (`-H 'Authorization Bearer …'`, an easy slip) is echoed in full by clap's usage error.
+#[test]
+fn a_malformed_header_is_rejected_without_echoing_its_value() {
+    let ended = minch(&[
+        "ws://127.0.0.1:1/",
+        "--header",
+        "Authorization Bearer sk-live-0123456789",
+        "--no-stdin",
+    ])
+    .finish();
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(
+        !ended.stderr.contains("sk-live-0123456789")
+            && !ended.stdout.contains("sk-live-0123456789"),
+        "the header's value (a bearer token) was printed:\n{}",
+        ended.stderr
+    );
+}
+
+/// `user:password@` is never printed, even for a password with an unescaped `/` or `?` (as
+/// unescaped `@`, which the redaction does handle): the status line and the error show it.
+/// (The URLs have a space so that they fail to parse before any DNS lookup.)
+#[test]
+fn a_password_with_an_unescaped_slash_or_question_mark_is_never_printed() {
+    for (url, secret) in [
+        ("ws://admin:hun/ter2secret@127.0.0.1:1/ x", "ter2secret"),
+        ("ws://admin:hunter2secret?x@127.0.0.1:1/ x", "hunter2secret"),
+    ] {
+        let ended = minch(&[url, "--no-stdin"]).finish();
+        assert_eq!(ended.code, Some(2), "{ended:?}");
+        assert!(
+            !ended.stderr.contains(secret),
+            "{url}: the password was printed:\n{}",
+            ended.stderr
+        );
+    }
+}
+
+// ---- review: --count -------------------------------------------------------------------------------
+
+/// `--count 1` exits after the first data frame; a script reading `minch … --count 1` expects
+/// one frame on stdout. Frames that arrived in the same read as the first are printed too.
+#[test]
+fn count_prints_exactly_that_many_frames_when_more_arrive_together() {
+    let mut burst = Vec::new();
+    for text in ["first", "second", "third"] {
+        burst.extend(text_frame(text));
+    }
+    let server = scripted_ws_server(vec![
+        Step::SendWithResponse(burst),
+        Step::WaitClose(Duration::from_secs(5)),
+        Step::Send(close_frame(Some(1000), "")),
+        Step::Close,
+    ]);
+    let ended = minch(&[&server.url("/"), "--count", "1", "--no-stdin"]).finish();
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert_eq!(ended.stdout, "first\n", "{ended:?}");
+}
+
+// ---- review: lines typed while the connection changes ----------------------------------------------
+
+/// `--help`: "Lines typed while the client is (re)connecting are sent once it is connected."
+/// A line typed while the server's close handshake is under way is dropped instead ("not
+/// sent: the connection is closing"), and never reaches the next connection.
+#[test]
+fn a_line_typed_while_the_server_is_closing_is_sent_after_the_reconnect() {
+    let server = scripted_ws_server_seq(vec![
+        // The first connection: the server starts the close handshake, then takes its time
+        // to close the TCP connection.
+        vec![
+            Step::Send(close_frame(Some(1001), "restarting")),
+            Step::Sleep(Duration::from_secs(2)),
+            Step::Close,
+        ],
+        // The next one: reads what comes.
+        vec![
+            Step::ReadFrames(1, Duration::from_secs(10)),
+            Step::Sleep(Duration::from_secs(10)),
+        ],
+    ]);
+    let mut run = minch(&[&server.url("/"), "--reconnect", "--timeout", "12"]);
+    run.wait_stderr("connected to", 1);
+    // The client has the server's close frame once /stats says it is no longer connected.
+    let deadline = Instant::now() + WAIT;
+    for asked in 1.. {
+        run.type_line("/stats");
+        run.wait_stderr("last keepalive round trip", asked);
+        if run.stderr().contains("connected: no") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", run.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.type_line("typed while closing");
+    run.wait_stderr("connected to", 2);
+    let deadline = Instant::now() + WAIT;
+    let arrived = loop {
+        let texts: Vec<String> = server
+            .frames()
+            .into_iter()
+            .filter(|f| f.opcode == opcode::TEXT)
+            .filter_map(|f| f.text())
+            .collect();
+        if texts.iter().any(|t| t == "typed while closing") || Instant::now() >= deadline {
+            break texts;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = run.stderr();
+    drop(run);
+    assert!(
+        arrived.iter().any(|t| t == "typed while closing"),
+        "the line never reached the server (texts {arrived:?})\nstderr:\n{stderr}"
+    );
+}
+
+// ---- review: commands ------------------------------------------------------------------------------
+
+/// `/binary <hex>`: "+1" is not hex, but `u8::from_str_radix` takes a leading `+`, so
+/// `/binary +1` sends the byte 0x01 instead of saying the input is bad.
+#[test]
+fn binary_with_a_plus_sign_is_refused_as_bad_hex() {
+    let server = TestServer::start();
+    let mut run = minch(&[&server.url("/echo")]);
+    run.wait_stderr("connected to", 1);
+    run.type_line("/binary +1+2");
+    run.type_line("/close");
+    let ended = run.finish();
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    assert!(
+        server.binaries().is_empty(),
+        "/binary +1+2 sent {:?}\n{ended:?}",
+        server.binaries()
+    );
+    assert!(ended.stderr.contains("error: /binary"), "{ended:?}");
+}
+
+/// A query with a bare value (`?sk_live_…`, as some APIs take a key) is hidden in the status
+/// line (`?…`) but printed in full in the error line.
+#[test]
+fn a_bare_query_value_is_not_printed_in_the_error() {
+    let ended = minch(&["ws://127.0.0.1:1/feed x?sk_live_0123456789", "--no-stdin"]).finish();
+    assert_eq!(ended.code, Some(2), "{ended:?}");
+    assert!(
+        !ended.stderr.contains("sk_live_0123456789"),
+        "{}",
+        ended.stderr
+    );
 }
