@@ -352,9 +352,9 @@ pub struct ConnectOptions {
     /// program has taken the queue down to half. Default: 1 024. Allowed: at least 1.
     ///
     /// A program waiting for frames when a burst arrives is handed it a few hundred messages at
-    /// a time: the client reads on once the program has taken what it was handed (or at the
-    /// next keepalive tick, or when closing), so that the program works while the rest of the
-    /// burst is read instead of after.
+    /// a time: the client reads on once the program has taken what it was handed, or after
+    /// the runtime's next turn if it has not (a receive that timed out), so that the program
+    /// works while the rest of the burst is read instead of after.
     ///
     /// While reading is paused the client cannot see pongs either: a program that then takes no
     /// frame for a whole [`pong_timeout`](Self::pong_timeout) (after a keepalive ping) is
