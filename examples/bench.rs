@@ -20,6 +20,10 @@
 //! - `minch-actor`: `minch::Client` with a handler; the driver hands it the job as an `Info`
 //!   message and sends the first window with `SendFrame` to the address, then `handle_frame`
 //!   replies with the next message (`Reply::Send`) and reports the result over a channel;
+//! - `minch-addr`: the same actor client driven from outside through its address, as a program
+//!   that owns a client does: each message goes out with a fire-and-forget
+//!   `do_send(SendFrame)`, and `handle_frame` hands each echo over a channel to the program,
+//!   which runs the stream clients' loop;
 //! - `minch-simple`: `minch::connect` → `(Connection, Frames)`, the `Connection` as a `Sink`
 //!   of frames (`feed`, `flush`) and `Frames` as a `Stream` (`next`, `now_or_never` to see
 //!   whether an echo is ready);
@@ -230,7 +234,7 @@ impl Sizes {
 fn usage() -> ! {
     eprintln!(
         "usage:\n  bench [--quick] [--runs N] [--scenario rtt,pipeline,bulk,fragmented,fanout]\n        \
-         [--clients minch-actor,minch-simple,minch-blocking,raw-awc,tokio-tungstenite] [--pin both|on|off]\n        \
+         [--clients minch-actor,minch-addr,minch-simple,minch-blocking,raw-awc,tokio-tungstenite] [--pin both|on|off]\n        \
          [--conns N] [--raw] [--url ws://HOST:PORT/ (a running bench server)]\n  \
          bench server [--port P]\n  \
          bench fanout --client NAME --url URL --conns N --echoes K --concurrency C"

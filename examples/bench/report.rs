@@ -190,9 +190,9 @@ impl Results {
 /// The ratio columns: minch's actor and simple clients over the baselines, then minch's simple
 /// and blocking APIs over its actor.
 fn ratio_pairs(clients: &[ClientKind]) -> Vec<(ClientKind, ClientKind)> {
-    use ClientKind::{MinchActor, MinchBlocking, MinchSimple, RawAwc, Tungstenite};
+    use ClientKind::{MinchActor, MinchAddr, MinchBlocking, MinchSimple, RawAwc, Tungstenite};
     let mut pairs = Vec::new();
-    for minch in [MinchActor, MinchSimple] {
+    for minch in [MinchActor, MinchAddr, MinchSimple] {
         for base in [RawAwc, Tungstenite] {
             pairs.push((minch, base));
         }
@@ -246,20 +246,23 @@ fn targets(of: ClientKind) -> Vec<Target> {
     ]
 }
 
-/// The targets of minch's simple and blocking APIs against its actor (issue 10).
+/// The targets of minch's simple and blocking APIs against its actor (issue 10), and of the
+/// actor driven through its address against raw awc (issue 13).
 fn api_targets() -> Vec<Target> {
-    use ClientKind::{MinchActor, MinchBlocking, MinchSimple};
-    let ratio = |scenario, of, min| Target::Ratio {
+    use ClientKind::{MinchActor, MinchAddr, MinchBlocking, MinchSimple, RawAwc};
+    let ratio = |scenario, of, over, min| Target::Ratio {
         scenario,
         metric: Metric::MsgsPerSec,
         of,
-        over: MinchActor,
+        over,
         min,
     };
     vec![
-        ratio("pipeline", MinchSimple, 0.90),
-        ratio("rtt", MinchSimple, 0.95),
-        ratio("pipeline", MinchBlocking, 0.50),
+        ratio("pipeline", MinchSimple, MinchActor, 0.90),
+        ratio("rtt", MinchSimple, MinchActor, 0.95),
+        ratio("pipeline", MinchBlocking, MinchActor, 0.50),
+        ratio("rtt", MinchAddr, RawAwc, 1.0),
+        ratio("pipeline", MinchAddr, RawAwc, 1.0),
     ]
 }
 
@@ -274,8 +277,9 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
     );
     println!(
         "Ratios are minch / baseline of the medians, and simple/actor, blocking/actor: minch's \
-         simple and blocking APIs over its actor (throughput: higher is better; latency and \
-         memory: lower is better). MB = 10^6 bytes of echoed payload."
+         simple and blocking APIs over its actor; addr: the actor driven through its address \
+         (a do_send per message, echoes over a channel) (throughput: higher is better; latency \
+         and memory: lower is better). MB = 10^6 bytes of echoed payload."
     );
     println!();
 

@@ -1,12 +1,14 @@
 //! The clients under test, and the scenario loops they share.
 //!
-//! The stream-shaped clients (raw awc, tokio-tungstenite, minch's simple API) implement
+//! The stream-shaped clients (raw awc, tokio-tungstenite, minch's simple API, and minch's actor
+//! client driven through its address) implement
 //! [`EchoConn`] and share [`echo_job`] and [`fanout_streams`], so they run the very same loop.
 //! The minch actor is callback-driven and has its own module; so has minch's blocking API, run
 //! by a producer thread and a consumer thread.
 
 mod awc_raw;
 mod minch_actor;
+mod minch_addr;
 mod minch_blocking;
 mod minch_simple;
 mod tungstenite;
@@ -25,6 +27,7 @@ use crate::sys;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClientKind {
     MinchActor,
+    MinchAddr,
     MinchSimple,
     MinchBlocking,
     RawAwc,
@@ -35,6 +38,7 @@ impl ClientKind {
     pub fn name(self) -> &'static str {
         match self {
             ClientKind::MinchActor => "minch-actor",
+            ClientKind::MinchAddr => "minch-addr",
             ClientKind::MinchSimple => "minch-simple",
             ClientKind::MinchBlocking => "minch-blocking",
             ClientKind::RawAwc => "raw-awc",
@@ -45,6 +49,7 @@ impl ClientKind {
     pub fn short(self) -> &'static str {
         match self {
             ClientKind::MinchActor => "actor",
+            ClientKind::MinchAddr => "addr",
             ClientKind::MinchSimple => "simple",
             ClientKind::MinchBlocking => "blocking",
             ClientKind::RawAwc => "awc",
@@ -55,6 +60,7 @@ impl ClientKind {
     pub fn available() -> Vec<ClientKind> {
         vec![
             ClientKind::MinchActor,
+            ClientKind::MinchAddr,
             ClientKind::MinchSimple,
             ClientKind::MinchBlocking,
             ClientKind::RawAwc,
@@ -138,6 +144,7 @@ pub async fn run_job(kind: ClientKind, url: &str, job: &Job) -> Result<JobResult
     let run = async {
         match kind {
             ClientKind::MinchActor => minch_actor::run_job(url, job).await,
+            ClientKind::MinchAddr => with_conn::<minch_addr::AddrConn>(url, job).await,
             ClientKind::MinchSimple => with_conn::<minch_simple::SimpleConn>(url, job).await,
             ClientKind::MinchBlocking => minch_blocking::run_job(url, job).await,
             ClientKind::RawAwc => with_conn::<awc_raw::AwcConn>(url, job).await,
@@ -157,6 +164,7 @@ pub async fn fanout(
     let run = async {
         match kind {
             ClientKind::MinchActor => minch_actor::fanout(url, params).await,
+            ClientKind::MinchAddr => fanout_streams::<minch_addr::AddrConn>(url, params).await,
             ClientKind::MinchSimple => {
                 fanout_streams::<minch_simple::SimpleConn>(url, params).await
             }
