@@ -404,9 +404,12 @@ impl Connection {
                         self.deliveries.complete_all(Ok(()));
                         // Every frame accepted and not held back was in the buffer.
                         let held_back = self.backlog.len() as u64;
-                        self.progress
-                            .written
-                            .set(self.progress.accepted.get() - held_back);
+                        let mut written = self.progress.accepted.get() - held_back;
+                        // Frames refused by a close that went ahead of them are in neither.
+                        if let Some((first_refused, _)) = &*self.progress.refused.borrow() {
+                            written = written.min(first_refused - 1);
+                        }
+                        self.progress.written.set(written);
                         self.progress.wake_all();
                         if self.pending_pong.is_some() {
                             continue;

@@ -40,6 +40,7 @@ mod timers;
 
 use std::{
     cell::RefCell,
+    collections::VecDeque,
     future::Future as _,
     pin::{pin, Pin},
     rc::Rc,
@@ -125,7 +126,14 @@ pub struct Client<H: MinchHandler> {
     room: Option<(usize, usize)>,
     /// Where the simple API's handles find the open connection, to write into it directly.
     published: Option<Rc<Published>>,
+    /// Frames sent with `do_send` and refused on the spot, for `handle_error`, in order. Kept
+    /// by the client (not in actix's queue of notifications, which a restart clears), and
+    /// reported before the next message or event is handled.
+    unheard: Unheard,
 }
+
+/// See [`Client::unheard`].
+type Unheard = Rc<RefCell<VecDeque<SendError>>>;
 
 /// Sends a frame. Resolves once the frame has been written to the connection, or with the
 /// reason it was not: the client never buffers frames for a later connection. When the
@@ -288,6 +296,7 @@ impl<H: MinchHandler> Client<H> {
             staged_bytes: 0,
             room: None,
             published: None,
+            unheard: Unheard::default(),
         }
     }
 
@@ -314,6 +323,10 @@ impl<H: MinchHandler> Client<H> {
     fn run(&mut self, ctx: &mut Context<Self>) {
         // Frames read before whatever happened now come first (before an end, above all).
         self.publish_received();
+        // So do the refusals of frames sent before it with `do_send`.
+        if !self.unheard.borrow().is_empty() {
+            self.report_unheard(ctx);
+        }
         loop {
             self.honour_stop_request();
             let Some(action) = self.lifecycle.next_action() else {
@@ -806,6 +819,30 @@ impl<H: MinchHandler> Client<H> {
         answer
     }
 
+    /// The answer to a send message: a refusal carries the way to `handle_error`, for a
+    /// `do_send` that nobody awaits.
+    fn answer(&self, deferred: Deferred<Result<(), SendError>>) -> SendAnswer {
+        let unheard = deferred.refused().map(|_| self.unheard.clone());
+        SendAnswer { deferred, unheard }
+    }
+
+    /// Tells `handle_error` of the frames sent with `do_send` and refused, in order.
+    fn report_unheard(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            let Some(error) = self.unheard.borrow_mut().pop_front() else {
+                return;
+            };
+            let reply = self.callback(ctx, |handler, ctx| {
+                handler.handle_error(Error::Send(error.clone()), ctx)
+            });
+            match reply {
+                // A reply that fails too is logged, not reported again: no loop.
+                Some(reply) => self.apply_at_depth(reply, ctx, 1),
+                None => log::debug!("minch: a frame sent with do_send was refused: {error}"),
+            }
+        }
+    }
+
     fn wake_driver(&self) {
         if let Some(conn) = self.lifecycle.conn() {
             conn.borrow().wake_driver();
@@ -835,6 +872,10 @@ impl<H: MinchHandler> Client<H> {
     }
 
     fn on_info(&mut self, info: H::Info, ctx: &mut Context<Self>) {
+        // Frames sent with `do_send` before this message and refused: the handler hears first.
+        if !self.unheard.borrow().is_empty() {
+            self.report_unheard(ctx);
+        }
         let reply = self.callback(ctx, |handler, ctx| handler.handle_info(info, ctx));
         self.apply(reply, ctx);
         // Timers and messages run outside the mailbox pass that precedes the driver's poll.
@@ -903,7 +944,8 @@ impl<H: MinchHandler> Handler<SendFrame> for Client<H> {
     type Result = SendAnswer;
 
     fn handle(&mut self, SendFrame(frame): SendFrame, ctx: &mut Context<Self>) -> Self::Result {
-        SendAnswer(self.send_message(frame, true, ctx))
+        let answer = self.send_message(frame, true, ctx);
+        self.answer(answer)
     }
 }
 
@@ -911,7 +953,8 @@ impl<H: MinchHandler> Handler<SendFrames> for Client<H> {
     type Result = SendAnswer;
 
     fn handle(&mut self, SendFrames(frames): SendFrames, ctx: &mut Context<Self>) -> Self::Result {
-        SendAnswer(self.send_batch(frames, ctx))
+        let answer = self.send_batch(frames, ctx);
+        self.answer(answer)
     }
 }
 
@@ -923,7 +966,8 @@ impl<H: MinchHandler> Handler<TrySendFrame> for Client<H> {
         TrySendFrame(frame): TrySendFrame,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
-        SendAnswer(self.send_message(frame, false, ctx))
+        let answer = self.send_message(frame, false, ctx);
+        self.answer(answer)
     }
 }
 
@@ -935,7 +979,11 @@ impl<H: MinchHandler> Handler<TrySendFrame> for Client<H> {
 ///
 /// `pub` only because actix's `Handler::Result` of a public impl must be: the module is private
 /// and the type is not re-exported.
-pub struct SendAnswer(Deferred<Result<(), SendError>>);
+pub struct SendAnswer {
+    deferred: Deferred<Result<(), SendError>>,
+    /// The client's queue for a refusal nobody awaits; only set when the frame was refused.
+    unheard: Option<Unheard>,
+}
 
 impl<H, M> actix::dev::MessageResponse<Client<H>, M> for SendAnswer
 where
@@ -948,41 +996,36 @@ where
         tx: Option<actix::dev::OneshotSender<Result<(), SendError>>>,
     ) {
         if tx.is_none() {
-            if let Some(error) = self.0.refused() {
-                ctx.notify(Unsent(error.clone()));
+            if let (Some(error), Some(unheard)) = (self.deferred.refused(), &self.unheard) {
+                unheard.borrow_mut().push_back(error.clone());
+                // A nudge, in case no other message or event comes soon; should a restart
+                // clear it, the next event reports the refusal all the same.
+                ctx.notify(ReportUnheard);
             }
             return;
         }
-        actix::dev::MessageResponse::<Client<H>, M>::handle(self.0, ctx, tx);
+        actix::dev::MessageResponse::<Client<H>, M>::handle(self.deferred, ctx, tx);
     }
 }
 
 impl std::fmt::Debug for SendAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.deferred.fmt(f)
     }
 }
 
-/// A frame sent with `do_send` was refused on the spot: the handler hears of it.
-struct Unsent(SendError);
+/// Frames sent with `do_send` were refused on the spot: the handler is to hear of them.
+struct ReportUnheard;
 
-impl Message for Unsent {
+impl Message for ReportUnheard {
     type Result = ();
 }
 
-impl<H: MinchHandler> Handler<Unsent> for Client<H> {
+impl<H: MinchHandler> Handler<ReportUnheard> for Client<H> {
     type Result = ();
 
-    fn handle(&mut self, Unsent(error): Unsent, ctx: &mut Context<Self>) {
-        let reply = self.callback(ctx, |handler, ctx| {
-            handler.handle_error(Error::Send(error), ctx)
-        });
-        if let Some(reply) = reply {
-            // A reply that fails too is logged, not reported again: no loop.
-            self.apply_at_depth(reply, ctx, 1);
-        }
-        self.wake_driver();
-        self.settle(ctx);
+    fn handle(&mut self, _: ReportUnheard, ctx: &mut Context<Self>) {
+        self.run(ctx);
     }
 }
 
