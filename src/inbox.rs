@@ -140,10 +140,7 @@ impl Inbox {
         }
         state.handing_over = true;
         self.paused.store(true, Ordering::Release);
-        match &state.reader {
-            Some(reader) if reader.will_wake(waker) => {}
-            _ => state.reader = Some(waker.clone()),
-        }
+        remember(&mut state.reader, waker);
         true
     }
 
@@ -206,10 +203,7 @@ impl Inbox {
         if !self.paused.load(Ordering::Acquire) {
             return true;
         }
-        match &state.reader {
-            Some(reader) if reader.will_wake(waker) => {}
-            _ => state.reader = Some(waker.clone()),
-        }
+        remember(&mut state.reader, waker);
         false
     }
 
@@ -317,10 +311,7 @@ impl Inbox {
         // A caller that only looks (`try_receive_frame`) is not waiting: frames for it must
         // not make the connection wait for a take that may come much later.
         if !cx.waker().will_wake(Waker::noop()) {
-            match &state.receiver {
-                Some(receiver) if receiver.will_wake(cx.waker()) => {}
-                _ => state.receiver = Some(cx.waker().clone()),
-            }
+            remember(&mut state.receiver, cx.waker());
         }
         drop(state);
         wake(reader);
@@ -383,6 +374,14 @@ impl Inbox {
         if let Some(reader) = reader {
             reader.wake();
         }
+    }
+}
+
+/// Keeps `waker` in `slot`, unless the one there wakes the same task.
+fn remember(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(kept) if kept.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
     }
 }
 
