@@ -51,6 +51,15 @@ pub enum Error {
     },
     /// The server's `101` response is not a valid WebSocket handshake (RFC 6455 §4.1).
     Handshake(String),
+    /// The server's `Sec-WebSocket-Extensions` answer cannot be accepted: an extension that was
+    /// not offered, or a permessage-deflate parameter that is unknown, repeated, out of range or
+    /// not offered (RFC 6455 §9.1, RFC 7692 §7.1). The connection is not used.
+    Extension {
+        /// The parameter (or extension) at fault, as the server named it.
+        parameter: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server broke the WebSocket protocol; the client failed the connection.
     Protocol(ProtocolError),
     /// The connection failed while open (reset, broken pipe, or closed without a close frame).
@@ -169,6 +178,12 @@ impl fmt::Display for Error {
             Error::Handshake(reason) => {
                 write!(f, "the server's upgrade response is not valid: {reason}")
             }
+            Error::Extension { parameter, reason } => write!(
+                f,
+                "the server's Sec-WebSocket-Extensions answer is not valid: {parameter:?}: \
+                 {reason}; if this server's compression support is broken, connect with \
+                 ConnectOptions::compression(None)"
+            ),
             Error::Protocol(error) => write!(f, "protocol error: {error}"),
             Error::Io(error) => write!(f, "connection failed: {error}"),
             Error::Send(error) => write!(f, "{error}"),

@@ -185,6 +185,7 @@
 mod backoff;
 pub mod blocking;
 mod client;
+mod compression;
 mod connection;
 mod error;
 mod frame;
@@ -207,6 +208,7 @@ pub use crate::options::TlsOptions;
 pub use crate::{
     backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
     client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
+    compression::Deflate,
     error::{Error, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},

@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use crate::{protocol::Limits, Error};
+use crate::{compression::Deflate, protocol::Limits, Error};
 
 /// What [`MinchHandler::connect`](crate::MinchHandler::connect) returns before every attempt:
 /// a URL, optionally with request headers and options — Minch's `url`, `{url, headers}` and
@@ -372,6 +372,9 @@ pub struct ConnectOptions {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub tls: TlsOptions,
+    /// permessage-deflate compression (RFC 7692) to offer the server, or `None` for none.
+    /// Default: offered, with [`Deflate::default`]'s settings. Allowed: see [`Deflate`].
+    pub compression: Option<Deflate>,
     /// Whether `pong_timeout` was set through its builder: only then is it a mistake to leave
     /// keepalive off (the default `pong_timeout` is harmless without pings).
     pong_timeout_explicit: bool,
@@ -396,6 +399,7 @@ impl Default for ConnectOptions {
             max_queue_bytes: 16 << 20,
             #[cfg(feature = "tls")]
             tls: TlsOptions::default(),
+            compression: Some(Deflate::default()),
             pong_timeout_explicit: false,
         }
     }
@@ -496,6 +500,22 @@ impl ConnectOptions {
         self
     }
 
+    /// Sets [`compression`](Self::compression): a [`Deflate`] to offer permessage-deflate with
+    /// those settings, or `None` not to offer it.
+    ///
+    /// ```
+    /// use minch::{ConnectOptions, Deflate};
+    ///
+    /// let off = ConnectOptions::default().compression(None);
+    /// assert!(off.compression.is_none());
+    /// let small = ConnectOptions::default().compression(Deflate::default().client_max_window_bits(10));
+    /// assert_eq!(small.compression.unwrap().client_max_window_bits, 10);
+    /// ```
+    pub fn compression(mut self, deflate: impl Into<Option<Deflate>>) -> Self {
+        self.compression = deflate.into();
+        self
+    }
+
     /// Checks every setting against the range in its documentation, so that a bad value is a
     /// configuration error up front rather than a hang or a panic later (a zero
     /// `max_buffered_bytes` never lets the flush loop finish, a zero `ping_interval` fires its
@@ -554,6 +574,9 @@ impl ConnectOptions {
             return Err(Error::InvalidOptions(
                 "max_queue_bytes must be at least 1 (got 0); the default is 16 MiB".into(),
             ));
+        }
+        if let Some(deflate) = &self.compression {
+            deflate.validate()?;
         }
         self.validate_subprotocols()
     }
@@ -628,7 +651,8 @@ impl fmt::Debug for ConnectOptions {
             .field("pong_timeout", &self.pong_timeout)
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("max_queue", &self.max_queue)
-            .field("max_queue_bytes", &self.max_queue_bytes);
+            .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("compression", &self.compression);
         #[cfg(feature = "tls")]
         shown.field("tls", &self.tls);
         shown.finish()

@@ -20,6 +20,7 @@ use awc::{
 use futures_util::future::{select, Either};
 
 use crate::{
+    compression::{Agreed, Deflate},
     error::Timeout,
     options::{redact_url, ConnectRequest},
     protocol::Codec,
@@ -107,6 +108,9 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     for (name, value) in headers {
         ws = ws.header(name, value);
     }
+    if let Some(deflate) = &options.compression {
+        ws = ws.header(header::SEC_WEBSOCKET_EXTENSIONS, deflate.offer());
+    }
     if !options.subprotocols.is_empty() {
         ws = ws.protocols(&options.subprotocols);
     }
@@ -140,10 +144,11 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         status: response.status(),
         headers: response.headers().clone(),
     };
-    check_negotiation(&response, &options.subprotocols)?;
+    check_subprotocol(&response, &options.subprotocols)?;
+    let deflate = check_extensions(&response, options.compression.as_ref())?;
 
     // `into_map_codec` keeps the read buffer: frames that arrived together with the 101 stay.
-    let transport = framed.into_map_codec(|_| Codec::new(options.limits()));
+    let transport = framed.into_map_codec(|_| Codec::with_compression(options.limits(), deflate));
     Ok((response, transport))
 }
 
@@ -206,6 +211,12 @@ fn parse_headers(headers: &[(String, String)]) -> Result<Vec<(HeaderName, Header
             };
             let parsed_name = HeaderName::try_from(name.as_str())
                 .map_err(|_| invalid("not a valid header name"))?;
+            if parsed_name == header::SEC_WEBSOCKET_EXTENSIONS {
+                return Err(invalid(
+                    "minch negotiates extensions itself; set permessage-deflate's parameters \
+                     with ConnectOptions::compression",
+                ));
+            }
             let mut parsed_value = HeaderValue::try_from(value.as_str())
                 .map_err(|_| invalid("the value is not a valid header value"))?;
             if is_secret(&parsed_name) {
@@ -225,9 +236,9 @@ fn is_secret(name: &HeaderName) -> bool {
         || name.as_str().contains("key")
 }
 
-/// RFC 6455 §4.1: the client must fail the connection if the server selects a subprotocol or an
-/// extension it did not offer. minch offers no extensions yet.
-fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Error> {
+/// RFC 6455 §4.1: the client must fail the connection if the server selects a subprotocol it
+/// did not offer.
+fn check_subprotocol(response: &Response, offered: &[String]) -> Result<(), Error> {
     if let Some(chosen) = response.headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let chosen = chosen.to_str().unwrap_or_default();
         if !offered.iter().any(|protocol| protocol == chosen) {
@@ -236,14 +247,32 @@ fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Erro
             )));
         }
     }
-    if let Some(extensions) = response.headers.get(header::SEC_WEBSOCKET_EXTENSIONS) {
-        if !extensions.as_bytes().iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::Handshake(format!(
-                "the server enabled extensions {extensions:?}, which were not offered"
-            )));
-        }
-    }
     Ok(())
+}
+
+/// RFC 6455 §9.1: the client must fail the connection if the server enables an extension it
+/// did not offer. permessage-deflate, the one minch offers, is checked strictly.
+fn check_extensions(
+    response: &Response,
+    offered: Option<&Deflate>,
+) -> Result<Option<Agreed>, Error> {
+    let answer: Vec<&[u8]> = response
+        .headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .map(HeaderValue::as_bytes)
+        .collect();
+    match offered {
+        Some(deflate) => deflate.accept(&answer),
+        // Nothing offered: anything but an empty answer enables something not offered.
+        None => match Deflate::default().accept(&answer) {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => Err(Error::Extension {
+                parameter: crate::compression::EXTENSION.to_owned(),
+                reason: "the server enabled compression, which was not offered".to_owned(),
+            }),
+            Err(error) => Err(error),
+        },
+    }
 }
 
 /// Turns awc's error into ours. awc reports the TCP and the TLS timeout alike; whether TCP

@@ -5,12 +5,16 @@ use actix_codec::Decoder;
 use bytes::{Buf, BytesMut};
 
 use super::{
-    header::{FrameHeader, OpCode},
+    deflate::{Compressor, Decompressor},
+    header::{FrameHeader, OpCode, RSV1},
     mask::MaskKeys,
     utf8::Utf8Validator,
     CodecError, Limits, ProtocolError,
 };
-use crate::frame::{CloseCode, CloseFrame, Frame, Utf8Bytes};
+use crate::{
+    compression::Agreed,
+    frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
+};
 
 /// The most read-buffer room reserved ahead of a frame's payload at once.
 const RESERVE_STEP: usize = 1 << 20;
@@ -19,8 +23,8 @@ const RESERVE_STEP: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct Codec {
     limits: Limits,
-    /// The RSV bits (as in [`FrameHeader::rsv`]) that negotiated extensions give a meaning to.
-    /// None yet; permessage-deflate (RFC 7692) would allow RSV1 on a message's first frame.
+    /// The RSV bits (as in [`FrameHeader::rsv`]) that negotiated extensions give a meaning to:
+    /// RSV1 with permessage-deflate (RFC 7692), on a message's first frame.
     allowed_rsv: u8,
     /// The frame whose header has been read (and removed from the buffer) but whose payload has
     /// not all arrived yet.
@@ -31,6 +35,10 @@ pub(crate) struct Codec {
     utf8: Utf8Validator,
     /// Masking keys for the frames this client sends.
     pub(super) mask_keys: MaskKeys,
+    /// Compresses what the client sends, with permessage-deflate negotiated.
+    pub(super) compressor: Option<Compressor>,
+    /// Inflates what the server sends compressed, with permessage-deflate negotiated.
+    decompressor: Option<Decompressor>,
 }
 
 /// A frame whose header has been accepted, waiting for its payload.
@@ -40,8 +48,11 @@ struct IncomingFrame {
     opcode: OpCode,
     /// The payload length, known to be within the limits.
     payload_len: usize,
-    /// Whether the payload is (part of) a text message, to be validated as it arrives.
+    /// Whether the payload is (part of) a text message.
     is_text: bool,
+    /// Whether the payload is (part of) a compressed message: text is then validated once
+    /// inflated, not as it arrives.
+    compressed: bool,
     /// How many payload bytes the UTF-8 validator has already seen, so none is validated twice.
     validated: usize,
 }
@@ -57,8 +68,10 @@ enum DataKind {
 #[derive(Debug)]
 struct FragmentedMessage {
     kind: DataKind,
-    /// The payloads of the fragments so far.
+    /// The payloads of the fragments so far (inflated, for a compressed message).
     data: BytesMut,
+    /// Whether the message is compressed (its first frame had RSV1).
+    compressed: bool,
 }
 
 impl Codec {
@@ -71,7 +84,21 @@ impl Codec {
             message: None,
             utf8: Utf8Validator::default(),
             mask_keys: MaskKeys::default(),
+            compressor: None,
+            decompressor: None,
         }
+    }
+
+    /// A codec enforcing `limits`, with permessage-deflate as `deflate` says if the server
+    /// accepted it.
+    pub(crate) fn with_compression(limits: Limits, deflate: Option<Agreed>) -> Codec {
+        let mut codec = Codec::new(limits);
+        if let Some(agreed) = deflate {
+            codec.allowed_rsv = RSV1;
+            codec.compressor = Some(Compressor::new(&agreed));
+            codec.decompressor = Some(Decompressor::new(&agreed));
+        }
+        codec
     }
 
     /// Reads and checks the next frame header, removing it from `src`. `None` means the header
@@ -84,21 +111,23 @@ impl Codec {
         // `check_header` bounded the length by `max_frame_size`, a `usize`.
         let payload_len = header.payload_len as usize;
 
-        let is_text = match header.opcode {
+        // `check_header` allowed RSV1 on a text or binary frame only.
+        let compressed = header.rsv & RSV1 != 0;
+        let (is_text, compressed) = match header.opcode {
             OpCode::Text => {
-                self.start_message(DataKind::Text, header.fin);
-                true
+                self.start_message(DataKind::Text, header.fin, compressed);
+                (true, compressed)
             }
             OpCode::Binary => {
-                self.start_message(DataKind::Binary, header.fin);
-                false
+                self.start_message(DataKind::Binary, header.fin, compressed);
+                (false, compressed)
             }
             // A continuation frame carries more of the message in progress (RFC 6455 §5.4).
-            OpCode::Continuation => self
-                .message
-                .as_ref()
-                .is_some_and(|message| message.kind == DataKind::Text),
-            OpCode::Close | OpCode::Ping | OpCode::Pong => false,
+            OpCode::Continuation => match &self.message {
+                Some(message) => (message.kind == DataKind::Text, message.compressed),
+                None => (false, false),
+            },
+            OpCode::Close | OpCode::Ping | OpCode::Pong => (false, false),
         };
 
         src.advance(header_len);
@@ -107,18 +136,23 @@ impl Codec {
             opcode: header.opcode,
             payload_len,
             is_text,
+            compressed,
             validated: 0,
         }))
     }
 
     /// Sets up for a new data message whose first frame has just been accepted.
-    fn start_message(&mut self, kind: DataKind, fin: bool) {
+    fn start_message(&mut self, kind: DataKind, fin: bool, compressed: bool) {
         if kind == DataKind::Text {
             self.utf8 = Utf8Validator::default();
         }
         if !fin {
             let data = BytesMut::new();
-            self.message = Some(FragmentedMessage { kind, data });
+            self.message = Some(FragmentedMessage {
+                kind,
+                data,
+                compressed,
+            });
         }
     }
 
@@ -127,6 +161,9 @@ impl Codec {
     fn check_header(&self, header: &FrameHeader) -> Result<(), ProtocolError> {
         if header.rsv & !self.allowed_rsv != 0 {
             return Err(ProtocolError::ReservedBits);
+        }
+        if header.rsv & RSV1 != 0 && !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ProtocolError::MisplacedCompressedBit);
         }
         if header.mask.is_some() {
             return Err(ProtocolError::MaskedFrame);
@@ -152,8 +189,12 @@ impl Codec {
         }
         let message_so_far = match (header.opcode, &self.message) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            // A compressed message's size is known only once inflated: the decompressor
+            // checks it, chunk by chunk.
+            (OpCode::Continuation, Some(message)) if message.compressed => return Ok(()),
             (OpCode::Continuation, Some(message)) => message.data.len() as u64,
             (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
+            (_, None) if header.rsv & RSV1 != 0 => return Ok(()),
             (_, None) => 0,
         };
         let message_size = message_so_far + header.payload_len;
@@ -181,6 +222,9 @@ impl Codec {
                 let close = parse_close_payload(&src[..len])?;
                 src.advance(len);
                 Ok(Some(Frame::Close(close)))
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation if incoming.compressed => {
+                self.complete_compressed_frame(incoming, src)
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if incoming.is_text {
@@ -226,6 +270,57 @@ impl Codec {
     }
 }
 
+impl Codec {
+    /// Inflates a frame of a compressed message onto the message so far, and hands over the
+    /// message if the frame is its last. The inflated size is held to `max_message_size` as it
+    /// grows, and inflated text is validated as it comes.
+    fn complete_compressed_frame(
+        &mut self,
+        incoming: IncomingFrame,
+        src: &mut BytesMut,
+    ) -> Result<Option<Frame>, ProtocolError> {
+        // RSV1 is allowed only when a decompressor exists.
+        let Some(decompressor) = self.decompressor.as_mut() else {
+            return Err(ProtocolError::ReservedBits);
+        };
+        let limit = self.limits.max_message_size;
+        let mut data = match self.message.take() {
+            Some(message) => message.data,
+            None => BytesMut::new(),
+        };
+        let validated = data.len();
+        decompressor.inflate(&src[..incoming.payload_len], &mut data, limit)?;
+        src.advance(incoming.payload_len);
+        if incoming.fin {
+            decompressor.finish_message(&mut data, limit)?;
+        }
+        if incoming.is_text {
+            self.utf8.feed(&data[validated..])?;
+            if incoming.fin {
+                self.utf8.finish()?;
+            }
+        }
+        let kind = if incoming.is_text {
+            DataKind::Text
+        } else {
+            DataKind::Binary
+        };
+        if !incoming.fin {
+            self.message = Some(FragmentedMessage {
+                kind,
+                data,
+                compressed: true,
+            });
+            return Ok(None);
+        }
+        let payload = data.freeze();
+        Ok(Some(match kind {
+            DataKind::Text => Frame::Text(Utf8Bytes::from_validated(payload)),
+            DataKind::Binary => Frame::Binary(payload),
+        }))
+    }
+}
+
 /// Reads a close frame's body (RFC 6455 §5.5.1): nothing, or a status code and a UTF-8 reason.
 fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame>, ProtocolError> {
     match payload {
@@ -262,7 +357,7 @@ impl Decoder for Codec {
             if src.len() < incoming.payload_len {
                 // Fail fast on invalid text (RFC 6455 §8.1) instead of waiting for the whole
                 // frame, validating only the bytes that are new since the last call.
-                if incoming.is_text {
+                if incoming.is_text && !incoming.compressed {
                     self.utf8.feed(&src[incoming.validated..])?;
                     incoming.validated = src.len();
                 }

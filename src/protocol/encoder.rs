@@ -6,7 +6,7 @@ use bytes::BytesMut;
 
 use super::{
     codec::Codec,
-    header::{FrameHeader, OpCode},
+    header::{FrameHeader, OpCode, RSV1},
     mask::extend_masked,
     CodecError, ProtocolError,
 };
@@ -52,28 +52,49 @@ impl Encoder<Frame> for Codec {
         debug_assert_eq!(validate_outgoing(&frame), Ok(()));
         let key = self.mask_keys.next();
         match &frame {
-            Frame::Text(text) => write_masked_frame(dst, OpCode::Text, &[text.as_bytes()], key),
-            Frame::Binary(data) => write_masked_frame(dst, OpCode::Binary, &[data], key),
-            Frame::Ping(data) => write_masked_frame(dst, OpCode::Ping, &[data], key),
-            Frame::Pong(data) => write_masked_frame(dst, OpCode::Pong, &[data], key),
-            Frame::Close(None) => write_masked_frame(dst, OpCode::Close, &[], key),
+            Frame::Text(text) => self.write_data_frame(dst, OpCode::Text, text.as_bytes(), key),
+            Frame::Binary(data) => self.write_data_frame(dst, OpCode::Binary, data, key),
+            Frame::Ping(data) => write_masked_frame(dst, OpCode::Ping, 0, &[data], key),
+            Frame::Pong(data) => write_masked_frame(dst, OpCode::Pong, 0, &[data], key),
+            Frame::Close(None) => write_masked_frame(dst, OpCode::Close, 0, &[], key),
             Frame::Close(Some(close)) => {
                 // The body is the code in network byte order, then the reason (RFC 6455 §5.5.1).
                 let code = close.code.0.to_be_bytes();
-                write_masked_frame(dst, OpCode::Close, &[&code, close.reason.as_bytes()], key);
+                let parts = [&code[..], close.reason.as_bytes()];
+                write_masked_frame(dst, OpCode::Close, 0, &parts, key);
             }
         }
         Ok(())
     }
 }
 
+impl Codec {
+    /// Appends a text or binary message as one frame: compressed, with RSV1 set, when
+    /// permessage-deflate was negotiated and the message is worth compressing (RFC 7692 §6).
+    fn write_data_frame(
+        &mut self,
+        dst: &mut BytesMut,
+        opcode: OpCode,
+        payload: &[u8],
+        key: [u8; 4],
+    ) {
+        if let Some(compressor) = &mut self.compressor {
+            if compressor.compress(payload) {
+                write_masked_frame(dst, opcode, RSV1, &[compressor.compressed()], key);
+                return;
+            }
+        }
+        write_masked_frame(dst, opcode, 0, &[payload], key);
+    }
+}
+
 /// Appends a final frame whose payload is `parts` one after the other, masked with `key`, which
 /// must be fresh (see [`MaskKeys`](super::mask::MaskKeys)).
-fn write_masked_frame(dst: &mut BytesMut, opcode: OpCode, parts: &[&[u8]], key: [u8; 4]) {
+fn write_masked_frame(dst: &mut BytesMut, opcode: OpCode, rsv: u8, parts: &[&[u8]], key: [u8; 4]) {
     let payload_len: usize = parts.iter().map(|part| part.len()).sum();
     let header = FrameHeader {
         fin: true,
-        rsv: 0,
+        rsv,
         opcode,
         mask: Some(key),
         payload_len: payload_len as u64,

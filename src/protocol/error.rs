@@ -58,6 +58,12 @@ pub enum ProtocolError {
     },
     /// The server sent a 64-bit payload length with the most significant bit set (RFC 6455 §5.2).
     InvalidLength,
+    /// With permessage-deflate negotiated, the server set RSV1 (compressed) on a control frame or
+    /// a continuation frame: only a message's first frame carries it (RFC 7692 §6).
+    MisplacedCompressedBit,
+    /// A compressed message from the server does not inflate (RFC 7692 §6.2); holds zlib's
+    /// description.
+    InvalidCompressedData(&'static str),
     /// The application asked to send a ping, pong or close frame with more than 125 bytes of
     /// payload (RFC 6455 §5.5). Holds the payload length.
     OutgoingControlFrameTooLong(usize),
@@ -72,14 +78,14 @@ pub enum ProtocolError {
 
 impl ProtocolError {
     /// The status code to fail the connection with (RFC 6455 §7.4.1): 1007 for data that is not
-    /// UTF-8, 1009 for frames and messages over the limits, 1002 for every other violation.
+    /// UTF-8 or does not inflate, 1009 for frames and messages over the limits, 1002 for every other violation.
     ///
     /// Errors about outgoing frames map to 1002 too: they break the same framing rules.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReasonUtf8 => {
-                CloseCode::INVALID_DATA
-            }
+            ProtocolError::InvalidUtf8
+            | ProtocolError::InvalidCloseReasonUtf8
+            | ProtocolError::InvalidCompressedData(_) => CloseCode::INVALID_DATA,
             ProtocolError::FrameTooLarge { .. } | ProtocolError::MessageTooLarge { .. } => {
                 CloseCode::TOO_BIG
             }
@@ -146,6 +152,16 @@ impl fmt::Display for ProtocolError {
             ProtocolError::InvalidLength => f.write_str(
                 "the server sent a 64-bit payload length with the most significant bit set \
                  (RFC 6455 §5.2)",
+            ),
+            ProtocolError::MisplacedCompressedBit => f.write_str(
+                "the server set RSV1 (compressed) on a control or continuation frame; \
+                 permessage-deflate marks only a message's first frame (RFC 7692 §6)",
+            ),
+            ProtocolError::InvalidCompressedData(reason) => write!(
+                f,
+                "the server sent a compressed message that does not inflate ({reason}); \
+                 if the server's compression is broken, turn it off with \
+                 ConnectOptions::compression(None)"
             ),
             ProtocolError::OutgoingControlFrameTooLong(len) => write!(
                 f,

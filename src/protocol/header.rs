@@ -59,6 +59,9 @@ impl OpCode {
     }
 }
 
+/// RSV1 as [`FrameHeader::rsv`] holds it: permessage-deflate's "compressed" bit (RFC 7692 §6).
+pub(super) const RSV1: u8 = 0b100;
+
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FrameHeader {
@@ -184,8 +187,6 @@ const MAX_HEADER_LEN: usize = 14;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const RSV1: u8 = 0b100;
 
     fn parse(bytes: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         FrameHeader::parse(bytes)

@@ -22,6 +22,7 @@
 //! masks payloads, `error` holds the errors.
 
 mod codec;
+mod deflate;
 mod encoder;
 mod error;
 mod header;
