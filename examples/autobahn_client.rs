@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! ../shared/autobahn/setup.sh                                   # once, as root
-//! AUTOBAHN_EXCLUDE_CASES='12.*,13.*' ../shared/autobahn/fuzzingserver.sh start target/autobahn
+//! ../shared/autobahn/fuzzingserver.sh start target/autobahn     # all 517 cases, 12.*/13.* too
 //! cargo run --release --example autobahn_client                 # ws://127.0.0.1:9001, agent "minch"
 //! ../shared/autobahn/fuzzingserver.sh stop target/autobahn
 //! python3 ../shared/autobahn/summarize.py target/autobahn

@@ -40,6 +40,7 @@ use crate::{
     inbox::Receiver,
     options::{ConnectOptions, ConnectRequest},
     simple::{self, ReceiveError},
+    transport::Response,
     Error,
 };
 
@@ -104,10 +105,11 @@ where
         )));
     }
     match opened_rx.recv() {
-        Ok(Ok(receiver)) => Ok((
+        Ok(Ok((response, receiver))) => Ok((
             Connection {
                 inner: Arc::new(Handle {
                     commands: commands_tx,
+                    response,
                 }),
             },
             Frames { receiver },
@@ -123,12 +125,13 @@ where
 /// every handle is gone. Received frames go straight to the bounded queue [`Frames`] reads.
 async fn serve(
     request: ConnectRequest,
-    opened: std_mpsc::Sender<Result<Receiver, Error>>,
+    opened: std_mpsc::Sender<Result<(Response, Receiver), Error>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let connection = match simple::open(request).await {
         Ok((connection, frames)) => {
-            let _ = opened.send(Ok(frames.into_receiver()));
+            let response = connection.response().clone();
+            let _ = opened.send(Ok((response, frames.into_receiver())));
             connection
         }
         Err(error) => {
@@ -175,6 +178,7 @@ pub struct Connection {
 #[derive(Debug)]
 struct Handle {
     commands: mpsc::UnboundedSender<Command>,
+    response: Response,
 }
 
 impl std::fmt::Debug for Command {
@@ -190,6 +194,12 @@ impl std::fmt::Debug for Command {
 }
 
 impl Connection {
+    /// The server's answer to the upgrade: its headers tell the subprotocol and whether
+    /// compression was negotiated (`sec-websocket-extensions`).
+    pub fn response(&self) -> &Response {
+        &self.inner.response
+    }
+
     /// Sends a frame and blocks until it has been written to the socket.
     ///
     /// # Errors

@@ -20,10 +20,17 @@ pub(crate) const EXTENSION: &str = "permessage-deflate";
 /// [`max_message_size`](crate::ConnectOptions::max_message_size) applying to the inflated size.
 /// A server that does not accept leaves the connection uncompressed; nothing else changes.
 ///
-/// No compression state exists until the first compressed message in each direction, so an
-/// idle connection costs nothing more with compression negotiated. After traffic, the state a
-/// connection keeps depends on the window sizes, the memory level and context takeover: see
-/// the README's "Compression" section for measured figures.
+/// No compression state exists until the first compressed message in each direction, so a
+/// connection that has not exchanged compressed messages costs nothing more with compression
+/// negotiated. After traffic:
+/// - the compressor is given back once the client has compressed nothing for a whole
+///   keepalive [`ping_interval`](crate::ConnectOptions::ping_interval) (the next message
+///   simply starts afresh), and right after every message without client context takeover;
+/// - the inflater must keep the server's context: it stays while the connection is open,
+///   unless [`server_no_context_takeover`](Self::server_no_context_takeover) was agreed, when
+///   it is dropped after every message.
+///
+/// The README's "Compression" section has measured figures.
 ///
 /// ```
 /// use minch::{ConnectOptions, Deflate};
@@ -293,16 +300,14 @@ impl Deflate {
                         agreed.client_no_context_takeover = true;
                     }
                 }
+                // A server may limit its own window whether or not the client asked it to
+                // (RFC 7692 §7.1.2.1); if the client asked, not beyond what it asked for.
                 "server_max_window_bits" => {
-                    let Some(offered) = self.server_max_window_bits else {
-                        return Err(extension_error(
-                            name,
-                            "the server limited its window, which the client did not offer \
-                             (RFC 7692 §7.1.2.1)",
-                        ));
-                    };
                     let bits = window_bits(name, value)?;
-                    if bits > offered {
+                    if self
+                        .server_max_window_bits
+                        .is_some_and(|offered| bits > offered)
+                    {
                         return Err(extension_error(
                             name,
                             "the server's window is larger than the one asked for",
@@ -419,6 +424,17 @@ mod tests {
     }
 
     #[test]
+    fn a_server_may_limit_its_window_unasked() {
+        let agreed = accept(
+            &Deflate::default(),
+            "permessage-deflate; server_max_window_bits=12",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(agreed.server_window_bits, 12);
+    }
+
+    #[test]
     fn no_answer_means_declined() {
         assert_eq!(Deflate::default().accept(&[]).unwrap(), None);
         assert_eq!(accept(&Deflate::default(), " , ").unwrap(), None);
@@ -469,9 +485,8 @@ mod tests {
                 "permessage-deflate; client_no_context_takeover=1",
                 "client_no_context_takeover",
             ),
-            // Not offered: the server may not limit its own window.
             (
-                "permessage-deflate; server_max_window_bits=10",
+                "permessage-deflate; server_max_window_bits=16",
                 "server_max_window_bits",
             ),
             (

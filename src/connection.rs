@@ -309,6 +309,8 @@ impl Connection {
     /// Puts a keepalive ping in the write buffer ahead of any held-back data (RFC 6455 §5.4
     /// lets control frames go between the frames of a message).
     pub(crate) fn send_ping(&mut self, payload: Bytes) {
+        // Keepalive runs on a quiet connection's clock: a good moment to give memory back.
+        self.transport.codec_mut().release_idle_compressor();
         if !self.close_queued {
             let _ = self.encode(Frame::Ping(payload));
         }

@@ -152,6 +152,7 @@
 //! | [`max_buffered_bytes`](ConnectOptions::max_buffered_bytes) | 16 MiB | at least 1 |
 //! | [`max_queue`](ConnectOptions::max_queue) / [`max_queue_bytes`](ConnectOptions::max_queue_bytes) (simple and blocking APIs) | 1 024 messages / 16 MiB | at least 1 |
 //! | [`max_frame_size`](ConnectOptions::max_frame_size) / [`max_message_size`](ConnectOptions::max_message_size) | 16 MiB / 64 MiB | at least 125 / at least 1 |
+//! | [`compression`](ConnectOptions::compression()) | permessage-deflate offered | a [`Deflate`], or `None` |
 //!
 //! A value outside its range is [`Error::InvalidOptions`], naming the option, before any I/O.
 //!
@@ -160,6 +161,24 @@
 //! [`connect`] returns a [`Connection`] to send with and [`Frames`] to receive from, with no
 //! handler type and no reconnects; [`blocking`] offers the same for programs without an actix
 //! System.
+//!
+//! ## Compression
+//!
+//! permessage-deflate (RFC 7692) is offered by default; a server that accepts gets text and
+//! binary messages of at least [`Deflate::threshold`] bytes compressed, and its compressed
+//! messages are inflated with [`max_message_size`](ConnectOptions::max_message_size) holding
+//! the *inflated* size. The answer is checked strictly ([`Error::Extension`]), zlib state is
+//! allocated only on the first compressed message in each direction, and the
+//! [`Deflate`] settings trade compression for memory:
+//!
+//! ```
+//! use minch::{ConnectOptions, Deflate};
+//!
+//! let lean = ConnectOptions::default()
+//!     .compression(Deflate::default().server_no_context_takeover(true));
+//! let off = ConnectOptions::default().compression(None);
+//! # let _ = (lean, off);
+//! ```
 //!
 //! ## TLS
 //!

@@ -225,7 +225,7 @@ async fn every_unacceptable_answer_fails_the_handshake_naming_the_parameter() {
             "client_no_context_takeover",
         ),
         (
-            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_max_window_bits=7",
             "server_max_window_bits",
         ),
         (
@@ -640,4 +640,47 @@ async fn invalid_settings_fail_before_connecting() {
         );
     }
     assert_eq!(server.accepted(), 0);
+}
+
+#[actix_rt::test]
+async fn after_an_idle_keepalive_period_the_client_compresses_afresh_and_stays_readable() {
+    let server = support::scripted_ws_server(answer_close(vec![accepting("permessage-deflate")]));
+    let options = ConnectOptions::default()
+        .ping_interval(Some(Duration::from_millis(40)))
+        .pong_timeout(Duration::from_secs(30));
+    let (connection, _frames) = connect(&server, options).await.unwrap();
+    let first = json(1);
+    connection
+        .send_frame(Frame::text(first.clone()))
+        .await
+        .unwrap();
+    // Three keepalive pings: the compressor is idle for whole periods and is given back.
+    for _ in 0..3 {
+        assert!(
+            server
+                .wait_frame(|f| f.opcode == opcode::PING, WAIT)
+                .await
+                .is_some(),
+            "a keepalive ping"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = json(2);
+    connection
+        .send_frame(Frame::text(second.clone()))
+        .await
+        .unwrap();
+    connection.close().await;
+    // One inflater for the whole connection, as the server keeps its context.
+    let mut inflater = ServerInflater::new();
+    let texts: Vec<Vec<u8>> = server
+        .frames()
+        .iter()
+        .filter(|f| f.opcode == opcode::TEXT)
+        .map(|f| {
+            assert_eq!(f.rsv, 0b100);
+            inflater.inflate(&f.payload)
+        })
+        .collect();
+    assert_eq!(texts, [first.into_bytes(), second.into_bytes()]);
 }

@@ -89,6 +89,15 @@ impl Codec {
         }
     }
 
+    /// Gives back the compressor's memory if it compressed nothing since the last call: the
+    /// connection calls this at every keepalive ping, so a connection that stopped sending
+    /// holds no compressor after two ping intervals.
+    pub(crate) fn release_idle_compressor(&mut self) {
+        if let Some(compressor) = &mut self.compressor {
+            compressor.release_if_idle();
+        }
+    }
+
     /// A codec enforcing `limits`, with permessage-deflate as `deflate` says if the server
     /// accepted it.
     pub(crate) fn with_compression(limits: Limits, deflate: Option<Agreed>) -> Codec {

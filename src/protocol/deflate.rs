@@ -34,6 +34,8 @@ pub(crate) struct Compressor {
     state: Option<zlib_rs::Deflate>,
     /// The compressed payload of the message being encoded.
     output: Vec<u8>,
+    /// Whether a message was compressed since the last [`release_if_idle`](Self::release_if_idle).
+    busy: bool,
 }
 
 impl std::fmt::Debug for Compressor {
@@ -67,6 +69,7 @@ impl Compressor {
             threshold: agreed.threshold,
             state: None,
             output: Vec::new(),
+            busy: false,
         }
     }
 
@@ -80,6 +83,7 @@ impl Compressor {
             self.output = Vec::new();
         }
         self.output.clear();
+        self.busy = true;
         if payload.is_empty() {
             // An empty message is a single empty stored block (RFC 7692 §7.2.3.6). zlib would
             // give nothing: a second sync flush without new input is a no-op.
@@ -103,9 +107,15 @@ impl Compressor {
             let produced = (state.total_out() - out_before) as usize;
             self.output.truncate(start + produced);
             input = &input[consumed..];
+            if result.is_err() {
+                // Not expected with a valid state and buffers; if it happens anyway, the message
+                // goes out uncompressed and the next one starts afresh, which is always valid.
+                log::warn!("minch: zlib failed to compress a message; sending it uncompressed");
+                self.state = None;
+                return false;
+            }
             // zlib has flushed everything once it leaves output room unused (zlib.h, deflate()).
-            // A stream error cannot happen with a valid state and buffers.
-            if result.is_err() || (input.is_empty() && produced < room) {
+            if input.is_empty() && produced < room {
                 break;
             }
         }
@@ -116,6 +126,16 @@ impl Compressor {
             self.state = None;
         }
         true
+    }
+
+    /// Gives back the zlib state and the output buffer if no message was compressed since the
+    /// last call. Always safe: a compressor that starts afresh only refers back less, and the
+    /// server's inflater cannot tell (as with `client_no_context_takeover`).
+    pub(crate) fn release_if_idle(&mut self) {
+        if !std::mem::take(&mut self.busy) {
+            self.state = None;
+            self.output = Vec::new();
+        }
     }
 
     /// The compressed payload of the last message [`compress`](Self::compress) took.
@@ -415,6 +435,29 @@ mod tests {
         decompressor.inflate(&finished, &mut out, 100).unwrap();
         let error = decompressor.inflate(b"more", &mut out, 100).unwrap_err();
         assert!(matches!(error, ProtocolError::InvalidCompressedData(_)));
+    }
+
+    #[test]
+    fn an_idle_compressor_is_released_and_the_stream_stays_valid() {
+        let agreed = agreed();
+        let mut compressor = Compressor::new(&agreed);
+        let mut peer = Decompressor::new(&agreed);
+        let mut check = |compressor: &Compressor, expected: &[u8]| {
+            let mut out = BytesMut::new();
+            peer.inflate(compressor.compressed(), &mut out, usize::MAX)
+                .unwrap();
+            peer.finish_message(&mut out, usize::MAX).unwrap();
+            assert_eq!(&out[..], expected);
+        };
+        assert!(compressor.compress(b"hello hello hello"));
+        check(&compressor, b"hello hello hello");
+        compressor.release_if_idle();
+        assert!(compressor.is_allocated(), "busy since the last check");
+        compressor.release_if_idle();
+        assert!(!compressor.is_allocated(), "idle for a whole period");
+        // The server's inflater keeps its context; the fresh compressor's output still inflates.
+        assert!(compressor.compress(b"hello again"));
+        check(&compressor, b"hello again");
     }
 
     #[test]

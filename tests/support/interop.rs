@@ -30,17 +30,48 @@ import sys
 import threading
 
 from websockets.asyncio.server import serve
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+
+
+def fragments(message):
+    """`frag N SIZE`: a text message of SIZE bytes (a repeated JSON-like record) in N parts."""
+    _, n, size = message.split()
+    n, size = int(n), int(size)
+    record = '{"symbol":"BTC-USD","bid":"64123.5","ask":"64124.0"}'
+    text = (record * (size // len(record) + 1))[:size]
+    step = max(1, -(-size // n))
+    return [text[i:i + step] for i in range(0, size, step)]
 
 
 async def echo(ws):
     try:
         async for message in ws:
-            await ws.send(message)
+            if isinstance(message, str) and message.startswith("frag "):
+                await ws.send(fragments(message))
+            else:
+                await ws.send(message)
     except Exception:
         pass
 
 
-async def main(lifetime):
+def compression_settings(mode):
+    """`default`: websockets' own (compression on); `off`; `no-context`: no context takeover
+    either way and 12-bit windows, which the client must follow."""
+    if mode == "off":
+        return {"compression": None}
+    if mode == "no-context":
+        factory = ServerPerMessageDeflateFactory(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+        return {"compression": None, "extensions": [factory]}
+    return {}
+
+
+async def main(lifetime, mode):
     loop = asyncio.get_running_loop()
     stdin_closed = loop.create_future()
 
@@ -51,7 +82,8 @@ async def main(lifetime):
         )
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    async with serve(echo, "127.0.0.1", 0, max_size=64 * 1024 * 1024) as server:
+    settings = compression_settings(mode)
+    async with serve(echo, "127.0.0.1", 0, max_size=64 * 1024 * 1024, **settings) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
         try:
@@ -60,7 +92,12 @@ async def main(lifetime):
             pass
 
 
-asyncio.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 600.0))
+asyncio.run(
+    main(
+        float(sys.argv[1]) if len(sys.argv) > 1 else 600.0,
+        sys.argv[2] if len(sys.argv) > 2 else "default",
+    )
+)
 "#;
 
 const ECHO_JS: &str = r#"// minch interop: echo server on Node ws (written by tests/support)
@@ -68,12 +105,38 @@ const ECHO_JS: &str = r#"// minch interop: echo server on Node ws (written by te
 const { WebSocketServer } = require('ws');
 
 const lifetimeMs = 1000 * Number(process.argv[2] || 600);
-const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 64 * 1024 * 1024 });
+// `off` (ws's default), `deflate` (every message compressed, context kept), `no-context`
+// (every message compressed, no context takeover either way: the client must comply).
+const mode = process.argv[3] || 'off';
+const perMessageDeflate = mode === 'off' ? false : {
+  threshold: 0,
+  serverNoContextTakeover: mode === 'no-context',
+  clientNoContextTakeover: mode === 'no-context',
+};
+const wss = new WebSocketServer({
+  host: '127.0.0.1', port: 0, maxPayload: 64 * 1024 * 1024, perMessageDeflate,
+});
+// `frag N SIZE`: a text message of SIZE bytes (a repeated JSON-like record) in N fragments.
+function sendFragments(ws, message) {
+  const [, n, size] = message.split(' ').map(Number);
+  const record = '{"symbol":"BTC-USD","bid":"64123.5","ask":"64124.0"}';
+  const text = record.repeat(Math.ceil(size / record.length) + 1).slice(0, size);
+  const step = Math.max(1, Math.ceil(size / n));
+  for (let i = 0; i < size; i += step) {
+    ws.send(text.slice(i, i + step), { binary: false, fin: i + step >= size });
+  }
+}
 wss.on('listening', () => {
   process.stdout.write(wss.address().port + '\n');
 });
 wss.on('connection', (ws) => {
-  ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  ws.on('message', (data, isBinary) => {
+    if (!isBinary && data.toString().startsWith('frag ')) {
+      sendFragments(ws, data.toString());
+    } else {
+      ws.send(data, { binary: isBinary });
+    }
+  });
   ws.on('error', () => {});
 });
 const quit = () => process.exit(0);
@@ -134,23 +197,62 @@ impl Drop for ExternalServer {
     }
 }
 
-/// Start an echo server on Python `websockets` (installed into a venv on first use).
+/// Whether and how an interop echo server compresses (permessage-deflate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCompression {
+    /// The peer's own default: on for Python `websockets`, off for Node `ws`.
+    Default,
+    /// No compression.
+    Off,
+    /// Compression with context takeover (Node: every message compressed).
+    On,
+    /// Compression without context takeover either way (Python: with 12-bit windows).
+    NoContextTakeover,
+}
+
+/// Start an echo server on Python `websockets` (installed into a venv on first use), with
+/// its default settings (compression on). Every echo server also answers a text message
+/// `frag N SIZE` with a text message of SIZE bytes in N fragments.
 pub fn python_echo_server() -> Result<ExternalServer, String> {
+    python_echo_server_with(PeerCompression::Default)
+}
+
+/// [`python_echo_server`] with the compression settings given.
+pub fn python_echo_server_with(compression: PeerCompression) -> Result<ExternalServer, String> {
     let venv = provision_python()?;
     let script = write_script(&interop_dir(), "echo_server.py", ECHO_PY)?;
     let python = venv.join("bin").join("python");
+    let mode = match compression {
+        PeerCompression::Default | PeerCompression::On => "default",
+        PeerCompression::Off => "off",
+        PeerCompression::NoContextTakeover => "no-context",
+    };
     let mut cmd = Command::new(python);
-    cmd.arg(&script).arg(SERVER_LIFETIME_SECS.to_string());
+    cmd.arg(&script)
+        .arg(SERVER_LIFETIME_SECS.to_string())
+        .arg(mode);
     start_child("python-websockets", cmd)
 }
 
-/// Start an echo server on Node `ws` (installed with npm on first use).
+/// Start an echo server on Node `ws` (installed with npm on first use), with its default
+/// settings (no compression).
 pub fn node_echo_server() -> Result<ExternalServer, String> {
+    node_echo_server_with(PeerCompression::Default)
+}
+
+/// [`node_echo_server`] with the compression settings given.
+pub fn node_echo_server_with(compression: PeerCompression) -> Result<ExternalServer, String> {
     let dir = provision_node()?;
     let script = write_script(&dir, "echo.js", ECHO_JS)?;
+    let mode = match compression {
+        PeerCompression::Default | PeerCompression::Off => "off",
+        PeerCompression::On => "deflate",
+        PeerCompression::NoContextTakeover => "no-context",
+    };
     let mut cmd = Command::new("node");
     cmd.arg(&script)
         .arg(SERVER_LIFETIME_SECS.to_string())
+        .arg(mode)
         .current_dir(&dir);
     start_child("node-ws", cmd)
 }

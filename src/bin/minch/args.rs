@@ -87,6 +87,11 @@ pub struct Args {
     #[arg(short, long)]
     pub reconnect: bool,
 
+    /// Do not offer permessage-deflate compression (offered by default): for servers whose
+    /// compression is broken, or to see the frames as they are on the wire.
+    #[arg(long)]
+    pub no_compression: bool,
+
     /// Seconds between keepalive pings; 0 or "off" turns keepalive off. [default: 20]
     #[arg(long, value_name = "SECS", value_parser = parse_ping_interval)]
     pub ping_interval: Option<PingInterval>,
@@ -237,6 +242,9 @@ impl Args {
         if let Some(PingInterval(every)) = self.ping_interval {
             options = options.ping_interval(every);
         }
+        if self.no_compression {
+            options = options.compression(None);
+        }
         if let Some(timeout) = self.connect_timeout {
             options = options
                 .connect_timeout(timeout)
@@ -297,6 +305,20 @@ mod tests {
         assert!(parse_seconds("NaN").is_err());
         assert!(parse_seconds("86401").is_err());
         assert_eq!(parse_seconds("0.25").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn compression_is_offered_unless_turned_off() {
+        use clap::Parser;
+        let request = |args: &[&str]| Args::parse_from(args).request().unwrap();
+        assert!(request(&["minch", "ws://127.0.0.1:1/"])
+            .options
+            .compression
+            .is_some());
+        assert!(request(&["minch", "--no-compression", "ws://127.0.0.1:1/"])
+            .options
+            .compression
+            .is_none());
     }
 
     #[test]
