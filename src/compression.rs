@@ -25,10 +25,15 @@ pub(crate) const EXTENSION: &str = "permessage-deflate";
 /// negotiated. After traffic:
 /// - the compressor is given back once the client has compressed nothing for a whole
 ///   keepalive [`ping_interval`](crate::ConnectOptions::ping_interval) (the next message
-///   simply starts afresh), and right after every message without client context takeover;
+///   simply starts afresh);
 /// - the inflater must keep the server's context: it stays while the connection is open,
-///   unless [`server_no_context_takeover`](Self::server_no_context_takeover) was agreed, when
-///   it is dropped after every message.
+///   unless [`server_no_context_takeover`](Self::server_no_context_takeover) was agreed; then
+///   it too is given back after a whole ping interval without compressed messages.
+///
+/// Without context takeover, the state is reset after every message rather than freed, so a
+/// busy connection does not allocate and clear it for each one. With keepalive off
+/// ([`ping_interval`](crate::ConnectOptions::ping_interval) `None`) nothing is given back
+/// before the connection ends.
 ///
 /// The README's "Compression" section has measured figures.
 ///
@@ -64,12 +69,13 @@ pub struct Deflate {
     /// server may use up to 15, 32 KiB). Allowed: `None`, or 8 to 15. A server that cannot
     /// honour it declines compression altogether (RFC 7692 §7.1.2.1).
     pub server_max_window_bits: Option<u8>,
-    /// Compress every message on its own (`client_no_context_takeover`): the client then keeps
-    /// no compressor between messages, at some cost in compression ratio and CPU. Default:
-    /// `false`. The server may also ask for this; the client then complies.
+    /// Compress every message on its own (`client_no_context_takeover`), at some cost in
+    /// compression ratio: for servers short of memory, which then need no context per client.
+    /// Default: `false`. The server may also ask for this; the client then complies.
     pub client_no_context_takeover: bool,
     /// Ask the server to compress every message on its own (`server_no_context_takeover`): the
-    /// client then keeps no inflater between messages. Default: `false`.
+    /// client's inflater then holds no context, and is given back when the connection goes
+    /// idle. Default: `false`.
     pub server_no_context_takeover: bool,
     /// zlib's memory level for the compressor: how much memory it uses for its hash table and
     /// buffers (1 least, 9 most). Default: 5, as Python `websockets`. Allowed: 1 to 9.
@@ -270,6 +276,7 @@ impl Deflate {
                 Some((name, value)) => (name.trim(), Some(unquote(value.trim()))),
                 None => (parameter, None),
             };
+            let value = value.as_deref();
             let known = [
                 "server_no_context_takeover",
                 "client_no_context_takeover",
@@ -341,8 +348,12 @@ fn window_bits(name: &str, value: Option<&str>) -> Result<u8, Error> {
         return Err(extension_error(name, "the parameter needs a value"));
     };
     match value.parse::<u8>() {
-        // Digits only: `parse` would also take a leading `+`.
-        Ok(bits @ 8..=15) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(bits),
+        // Digits only, no leading zero (RFC 7692 §7.1.2.1): `parse` would also take `+9`, `09`.
+        Ok(bits @ 8..=15)
+            if value.bytes().all(|b| b.is_ascii_digit()) && !value.starts_with('0') =>
+        {
+            Ok(bits)
+        }
         _ => Err(extension_error(
             name,
             "the value must be a number from 8 to 15",
@@ -350,12 +361,26 @@ fn window_bits(name: &str, value: Option<&str>) -> Result<u8, Error> {
     }
 }
 
-/// A parameter value may be a quoted string (RFC 7692 §7: `"10"` means `10`).
-fn unquote(value: &str) -> &str {
-    value
+/// A parameter value may be a quoted string, checked once unescaped (RFC 6455 §9.1, RFC 7692
+/// §7: `"10"` and `"1\0"` mean `10`).
+fn unquote(value: &str) -> std::borrow::Cow<'_, str> {
+    let Some(inner) = value
         .strip_prefix('"')
         .and_then(|inner| inner.strip_suffix('"'))
-        .unwrap_or(value)
+    else {
+        return value.into();
+    };
+    let mut unescaped = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        // A backslash quotes the next character; a trailing one stays, and fails the check.
+        unescaped.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    unescaped.into()
 }
 
 fn extension_error(parameter: &str, reason: &str) -> Error {
@@ -459,6 +484,15 @@ mod tests {
         assert_eq!(agreed.server_window_bits, 10);
         assert!(agreed.client_no_context_takeover && agreed.server_no_context_takeover);
 
+        // A quoted value is unescaped first.
+        let agreed = accept(
+            &offer,
+            r#"permessage-deflate; client_max_window_bits="1\0""#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(agreed.client_window_bits, 10);
+
         // Split over two header lines, with an empty list element.
         let agreed = offer
             .accept(&[b"", b" ,permessage-deflate;client_max_window_bits=9"])
@@ -511,6 +545,14 @@ mod tests {
             ),
             (
                 "permessage-deflate; client_max_window_bits=\"\"",
+                "client_max_window_bits",
+            ),
+            (
+                "permessage-deflate; client_max_window_bits=09",
+                "client_max_window_bits",
+            ),
+            (
+                "permessage-deflate; client_max_window_bits=\"0\\9\"",
                 "client_max_window_bits",
             ),
             ("; client_max_window_bits=9", ""),

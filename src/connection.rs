@@ -26,9 +26,6 @@ use crate::{
     transport::Transport,
 };
 
-/// Bytes a frame adds to the write buffer beyond its payload, at most: a 14-byte header.
-const FRAME_OVERHEAD: usize = 14;
-
 /// What became of a frame handed to [`Connection::send`].
 pub(crate) enum Sent {
     /// In the write buffer; its sender hears when the buffer is flushed.
@@ -310,7 +307,7 @@ impl Connection {
     /// lets control frames go between the frames of a message).
     pub(crate) fn send_ping(&mut self, payload: Bytes) {
         // Keepalive runs on a quiet connection's clock: a good moment to give memory back.
-        self.transport.codec_mut().release_idle_compressor();
+        self.transport.codec_mut().release_idle_compression();
         if !self.close_queued {
             let _ = self.encode(Frame::Ping(payload));
         }
@@ -381,7 +378,7 @@ impl Connection {
         self.close_written |= matches!(frame, Frame::Close(_));
         match Pin::new(&mut self.transport).write(frame) {
             Ok(()) => {
-                self.buffered += payload + FRAME_OVERHEAD;
+                self.buffered += self.transport.codec_ref().last_encoded_len();
                 self.counters.frames_out += 1;
                 self.counters.bytes_out += payload as u64;
                 Ok(())

@@ -226,11 +226,11 @@ pub struct Stats {
     pub reconnects: u64,
     /// Frames received (text, binary, ping, pong, close), over all connections.
     pub frames_in: u64,
-    /// Payload bytes received.
+    /// Payload bytes received (of messages as delivered: inflated, if they came compressed).
     pub bytes_in: u64,
     /// Frames written to the buffer, over all connections.
     pub frames_out: u64,
-    /// Payload bytes written to the buffer.
+    /// Payload bytes of the frames written to the buffer (as given: before any compression).
     pub bytes_out: u64,
     /// Frames accepted for sending that were never written to the socket, over the connections
     /// that have ended: held back and refused when a close went ahead of them, or lost with the

@@ -39,6 +39,9 @@ pub(crate) struct Codec {
     pub(super) compressor: Option<Compressor>,
     /// Inflates what the server sends compressed, with permessage-deflate negotiated.
     decompressor: Option<Decompressor>,
+    /// How many bytes the last frame encoded took in the write buffer, header included
+    /// (compressed, if it was).
+    pub(super) last_encoded_len: usize,
 }
 
 /// A frame whose header has been accepted, waiting for its payload.
@@ -86,15 +89,25 @@ impl Codec {
             mask_keys: MaskKeys::default(),
             compressor: None,
             decompressor: None,
+            last_encoded_len: 0,
         }
     }
 
-    /// Gives back the compressor's memory if it compressed nothing since the last call: the
-    /// connection calls this at every keepalive ping, so a connection that stopped sending
-    /// holds no compressor after two ping intervals.
-    pub(crate) fn release_idle_compressor(&mut self) {
+    /// How many bytes the last frame encoded took in the write buffer: what the write-buffer
+    /// limit counts, exact whether or not the frame was compressed.
+    pub(crate) fn last_encoded_len(&self) -> usize {
+        self.last_encoded_len
+    }
+
+    /// Gives back compression memory not used since the last call: the connection calls this
+    /// at every keepalive ping, so a connection that stopped sending holds no compressor after
+    /// two ping intervals, nor an inflater if the server keeps no context.
+    pub(crate) fn release_idle_compression(&mut self) {
         if let Some(compressor) = &mut self.compressor {
             compressor.release_if_idle();
+        }
+        if let Some(decompressor) = &mut self.decompressor {
+            decompressor.release_if_idle();
         }
     }
 
@@ -283,6 +296,9 @@ impl Codec {
     /// Inflates a frame of a compressed message onto the message so far, and hands over the
     /// message if the frame is its last. The inflated size is held to `max_message_size` as it
     /// grows, and inflated text is validated as it comes.
+    // Kept out of line: inflating costs far more than the call, and inlined it would weigh on
+    // the uncompressed path's code.
+    #[inline(never)]
     fn complete_compressed_frame(
         &mut self,
         incoming: IncomingFrame,
@@ -322,7 +338,13 @@ impl Codec {
             });
             return Ok(None);
         }
-        let payload = data.freeze();
+        // The buffer grew in steps ahead of the output; a message the program keeps should
+        // not keep that room too.
+        let payload = if data.capacity() > data.len() + data.len() / 8 + 64 {
+            bytes::Bytes::copy_from_slice(&data)
+        } else {
+            data.freeze()
+        };
         Ok(Some(match kind {
             DataKind::Text => Frame::Text(Utf8Bytes::from_validated(payload)),
             DataKind::Binary => Frame::Binary(payload),

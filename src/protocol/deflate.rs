@@ -15,11 +15,21 @@ use crate::compression::Agreed;
 /// and §7.2.2 has the receiver append it back before inflating.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// The most output room added at once while inflating, so that the buffer grows with the
-/// message (and the limit is checked chunk by chunk) instead of being sized up front.
-const INFLATE_STEP_MAX: usize = 1 << 20;
+/// The most output room added at once while compressing or inflating, so that buffers grow
+/// with what is produced (and the inflated size is checked chunk by chunk) instead of being sized
+/// for the worst case up front.
+const STEP_MAX: usize = 1 << 20;
 /// The least output room added at once.
-const INFLATE_STEP_MIN: usize = 4 << 10;
+const STEP_MIN: usize = 256;
+
+/// Output room for a step that follows one of `previous` bytes: doubling, up to [`STEP_MAX`].
+fn next_step(previous: usize) -> usize {
+    (previous * 2).clamp(STEP_MIN, STEP_MAX)
+}
+
+/// Compressed output kept between messages beyond this is given back at once: a large message
+/// should not leave its size behind on an idle connection.
+const KEEP_OUTPUT: usize = 64 << 10;
 
 /// Compresses the client's messages.
 pub(crate) struct Compressor {
@@ -29,8 +39,7 @@ pub(crate) struct Compressor {
     enabled: bool,
     no_context_takeover: bool,
     threshold: usize,
-    /// The zlib state, from the first compressed message on (without context takeover, for one
-    /// message at a time).
+    /// The zlib state, from the first compressed message until the connection goes idle.
     state: Option<zlib_rs::Deflate>,
     /// The compressed payload of the message being encoded.
     output: Vec<u8>,
@@ -48,10 +57,6 @@ impl std::fmt::Debug for Compressor {
             .finish()
     }
 }
-
-/// Output kept between messages beyond this is given back: a large message should not make
-/// every idle connection hold its size.
-const KEEP_OUTPUT: usize = 64 << 10;
 
 impl Compressor {
     pub(crate) fn new(agreed: &Agreed) -> Self {
@@ -73,14 +78,11 @@ impl Compressor {
         }
     }
 
-    /// Compresses a message's payload of `len` bytes if that is worth it; the caller then sends
-    /// [`compressed`](Self::compressed) with RSV1 set.
+    /// Compresses a message's payload if that is worth it; the caller then sends
+    /// [`compressed`](Self::compressed) with RSV1 set, and calls [`written`](Self::written).
     pub(crate) fn compress(&mut self, payload: &[u8]) -> bool {
         if !self.enabled || payload.len() < self.threshold {
             return false;
-        }
-        if self.output.capacity() > KEEP_OUTPUT {
-            self.output = Vec::new();
         }
         self.output.clear();
         self.busy = true;
@@ -96,10 +98,10 @@ impl Compressor {
             .get_or_insert_with(|| zlib_rs::Deflate::new_with_config(config));
 
         let mut input = payload;
+        // Text that is worth compressing shrinks several-fold: start small and double.
+        let mut room = (payload.len() / 4).clamp(STEP_MIN, STEP_MAX);
         loop {
             let start = self.output.len();
-            // Enough for the whole message in one call unless it does not compress.
-            let room = (input.len() + input.len() / 16 + 64).max(256);
             self.output.resize(start + room, 0);
             let (in_before, out_before) = (state.total_in(), state.total_out());
             let result = state.compress(input, &mut self.output[start..], DeflateFlush::SyncFlush);
@@ -118,14 +120,30 @@ impl Compressor {
             if input.is_empty() && produced < room {
                 break;
             }
+            room = next_step(room);
         }
         debug_assert!(self.output.ends_with(&TAIL));
         self.output
             .truncate(self.output.len().saturating_sub(TAIL.len()));
         if self.no_context_takeover {
-            self.state = None;
+            // The next message must not refer back to this one. Resetting keeps the memory,
+            // which is given back when the connection goes idle, as with context takeover.
+            state.reset();
         }
         true
+    }
+
+    /// The compressed payload of the last message [`compress`](Self::compress) took.
+    pub(crate) fn compressed(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// Called once the compressed payload has been written out: a large one's buffer is given
+    /// back at once.
+    pub(crate) fn written(&mut self) {
+        if self.output.capacity() > KEEP_OUTPUT {
+            self.output = Vec::new();
+        }
     }
 
     /// Gives back the zlib state and the output buffer if no message was compressed since the
@@ -136,11 +154,6 @@ impl Compressor {
             self.state = None;
             self.output = Vec::new();
         }
-    }
-
-    /// The compressed payload of the last message [`compress`](Self::compress) took.
-    pub(crate) fn compressed(&self) -> &[u8] {
-        &self.output
     }
 
     /// Whether zlib state is allocated (for tests and memory accounting).
@@ -154,11 +167,15 @@ impl Compressor {
 pub(crate) struct Decompressor {
     window_bits: u8,
     no_context_takeover: bool,
-    /// The zlib state, from the first compressed message on (without context takeover, for one
-    /// message at a time).
+    /// The zlib state, from the first compressed message on; without context takeover, until
+    /// the connection goes idle.
     state: Option<zlib_rs::Inflate>,
     /// Whether the message being inflated ended its deflate stream with a final block.
     stream_ended: bool,
+    /// Compressed bytes of the message being inflated, so far.
+    message_input: usize,
+    /// Whether a message was inflated since the last [`release_if_idle`](Self::release_if_idle).
+    busy: bool,
 }
 
 impl std::fmt::Debug for Decompressor {
@@ -179,6 +196,8 @@ impl Decompressor {
             no_context_takeover: agreed.server_no_context_takeover,
             state: None,
             stream_ended: false,
+            message_input: 0,
+            busy: false,
         }
     }
 
@@ -190,28 +209,25 @@ impl Decompressor {
         message: &mut BytesMut,
         limit: usize,
     ) -> Result<(), ProtocolError> {
+        self.message_input += input.len();
+        self.busy = true;
         if self.stream_ended {
-            return match input {
-                [] => Ok(()),
-                _ => Err(ProtocolError::InvalidCompressedData(
-                    "data after the final deflate block",
-                )),
-            };
+            // What follows a final block is not part of the stream: zlib-based receivers stop
+            // there too (RFC 7692 §7.2.3.4 even appends a byte after one).
+            return Ok(());
         }
         let window_bits = self.window_bits;
         let state = self
             .state
             .get_or_insert_with(|| zlib_rs::Inflate::new(false, window_bits));
         let mut input = input;
+        let mut room = (input.len() * 2).clamp(STEP_MIN, STEP_MAX);
         loop {
             // One byte past the limit is room enough to prove the message is too large.
             let room_left = limit.saturating_add(1) - message.len().min(limit);
-            let room = message
-                .len()
-                .clamp(INFLATE_STEP_MIN, INFLATE_STEP_MAX)
-                .min(room_left);
+            let step = room.min(room_left);
             let start = message.len();
-            message.resize(start + room, 0);
+            message.resize(start + step, 0);
             let (in_before, out_before) = (state.total_in(), state.total_out());
             let result = state.decompress(input, &mut message[start..], InflateFlush::SyncFlush);
             let consumed = (state.total_in() - in_before) as usize;
@@ -230,19 +246,14 @@ impl Decompressor {
                     return Err(ProtocolError::InvalidCompressedData(error.as_str()));
                 }
                 // The server ended its deflate stream with a final block (RFC 7692 §7.2.3.4):
-                // the message ends there, and the next one starts a new stream.
+                // the next message starts a new stream.
                 Ok(Status::StreamEnd) => {
                     self.state = None;
                     self.stream_ended = true;
-                    return match input {
-                        [] => Ok(()),
-                        _ => Err(ProtocolError::InvalidCompressedData(
-                            "data after the final deflate block",
-                        )),
-                    };
+                    return Ok(());
                 }
                 // All input taken, and output room left over: nothing is pending.
-                Ok(_) if input.is_empty() && produced < room => return Ok(()),
+                Ok(_) if input.is_empty() && produced < step => return Ok(()),
                 Ok(_) if consumed == 0 && produced == 0 => {
                     // No progress with input and room left: zlib needs nothing more from us,
                     // so the input cannot be inflated.
@@ -251,25 +262,40 @@ impl Decompressor {
                         "the compressed data does not advance",
                     ));
                 }
-                Ok(_) => {}
+                Ok(_) => room = next_step(room),
             }
         }
     }
 
     /// Ends a compressed message: appends the tail the server removed and inflates what it
-    /// flushes, then drops the state if the server keeps no context.
+    /// flushes; without context takeover, the state starts afresh for the next message.
     pub(crate) fn finish_message(
         &mut self,
         message: &mut BytesMut,
         limit: usize,
     ) -> Result<(), ProtocolError> {
-        if !std::mem::take(&mut self.stream_ended) {
+        let stream_ended = std::mem::take(&mut self.stream_ended);
+        // An empty compressed payload carries no block to end (RFC 7692 §7.2.3.6 sends 0x00
+        // for an empty message): the tail would start a block the next message cannot finish.
+        if !stream_ended && std::mem::take(&mut self.message_input) > 0 {
             self.inflate(&TAIL, message, limit)?;
         }
+        self.message_input = 0;
         if self.no_context_takeover {
-            self.state = None;
+            if let Some(state) = &mut self.state {
+                state.reset(false);
+            }
         }
         Ok(())
+    }
+
+    /// Gives back the zlib state if the server keeps no context and no message was inflated
+    /// since the last call. With context takeover the state holds the server's window, which
+    /// later messages may refer to, so it stays.
+    pub(crate) fn release_if_idle(&mut self) {
+        if !std::mem::take(&mut self.busy) && self.no_context_takeover {
+            self.state = None;
+        }
     }
 
     /// Whether zlib state is allocated (for tests and memory accounting).
@@ -311,9 +337,9 @@ mod tests {
                 .unwrap();
             peer.finish_message(&mut out, usize::MAX).unwrap();
             assert_eq!(&out[..], *message);
-            assert_eq!(
+            assert!(
                 compressor.is_allocated(),
-                !agreed.client_no_context_takeover
+                "kept between messages, reset if need be"
             );
         }
     }
@@ -391,8 +417,12 @@ mod tests {
                     max: limit
                 }
             );
-            // Memory grew to the limit, not to the message.
-            assert!(out.capacity() <= (limit + 1).max(INFLATE_STEP_MIN) * 2);
+            // Memory grew to the limit, not to the 10 MB message.
+            assert!(
+                out.capacity() <= 2 * (limit + 1) + STEP_MAX,
+                "{}",
+                out.capacity()
+            );
         }
         let mut decompressor = Decompressor::new(&agreed());
         let mut out = BytesMut::new();
@@ -425,16 +455,66 @@ mod tests {
             decompressor.finish_message(&mut out, 100).unwrap();
             assert_eq!(&out[..], b"a");
         }
-        // Nothing may follow the final block in the same message.
+        // RFC 7692 §7.2.3.4's example: "Hello" in a final block, then a 0x00 byte, which is
+        // ignored, as is anything after the final block in later fragments.
+        let hello = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
         let mut out = BytesMut::new();
-        let error = decompressor
-            .inflate(&[0x4b, 0x04, 0x00, 0x00], &mut out, 100)
-            .unwrap_err();
-        assert!(matches!(error, ProtocolError::InvalidCompressedData(_)));
-        let mut decompressor = Decompressor::new(&agreed());
+        decompressor.inflate(&hello, &mut out, 100).unwrap();
+        decompressor.inflate(b"more", &mut out, 100).unwrap();
+        decompressor.finish_message(&mut out, 100).unwrap();
+        assert_eq!(&out[..], b"Hello");
+        let mut out = BytesMut::new();
         decompressor.inflate(&finished, &mut out, 100).unwrap();
-        let error = decompressor.inflate(b"more", &mut out, 100).unwrap_err();
-        assert!(matches!(error, ProtocolError::InvalidCompressedData(_)));
+        decompressor.finish_message(&mut out, 100).unwrap();
+        assert_eq!(&out[..], b"a");
+    }
+
+    #[test]
+    fn an_empty_compressed_payload_is_an_empty_message_and_leaves_the_stream_intact() {
+        let mut compressor = Compressor::new(&agreed());
+        let mut decompressor = Decompressor::new(&agreed());
+        let mut out = BytesMut::new();
+        decompressor.inflate(&[], &mut out, 100).unwrap();
+        decompressor.finish_message(&mut out, 100).unwrap();
+        assert!(out.is_empty());
+        assert!(compressor.compress(b"after the empty one"));
+        let mut out = BytesMut::new();
+        decompressor
+            .inflate(compressor.compressed(), &mut out, 100)
+            .unwrap();
+        decompressor.finish_message(&mut out, 100).unwrap();
+        assert_eq!(&out[..], b"after the empty one");
+    }
+
+    #[test]
+    fn buffers_follow_the_output_not_the_input() {
+        // A 32 MiB message of zeros compresses to about 32 KiB: the compressor's buffer follows
+        // that, and is given back once written if it grew large anyway.
+        let mut compressor = Compressor::new(&agreed());
+        assert!(compressor.compress(&vec![0; 32 << 20]));
+        assert!(compressor.output.capacity() < 4 * compressor.compressed().len() + STEP_MAX);
+        compressor.written();
+        assert!(compressor.output.capacity() <= KEEP_OUTPUT);
+        let noise: Vec<u8> = (0..1_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert!(compressor.compress(&noise));
+        compressor.written();
+        assert_eq!(
+            compressor.output.capacity(),
+            0,
+            "over KEEP_OUTPUT: given back"
+        );
+        // A small message inflates into a small buffer.
+        let mut decompressor = Decompressor::new(&agreed());
+        assert!(compressor.compress(&[b'x'; 100]));
+        let mut out = BytesMut::new();
+        decompressor
+            .inflate(compressor.compressed(), &mut out, usize::MAX)
+            .unwrap();
+        decompressor.finish_message(&mut out, usize::MAX).unwrap();
+        assert_eq!(out.len(), 100);
+        assert!(out.capacity() <= 1024, "{}", out.capacity());
     }
 
     #[test]
@@ -461,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn without_context_takeover_the_inflater_is_dropped_after_each_message() {
+    fn without_context_takeover_state_is_reset_per_message_and_released_when_idle() {
         let mut compressor = Compressor::new(&Agreed {
             client_no_context_takeover: true,
             ..agreed()
@@ -475,9 +555,29 @@ mod tests {
         decompressor
             .inflate(compressor.compressed(), &mut out, 100)
             .unwrap();
-        assert!(decompressor.is_allocated());
         decompressor.finish_message(&mut out, 100).unwrap();
-        assert!(!decompressor.is_allocated());
         assert_eq!(&out[..], b"hello hello hello");
+        // A second message on its own, by a fresh inflater: nothing refers back.
+        assert!(compressor.compress(b"hello hello hello"));
+        let mut alone = Decompressor::new(&agreed());
+        let mut out = BytesMut::new();
+        alone
+            .inflate(compressor.compressed(), &mut out, 100)
+            .unwrap();
+        alone.finish_message(&mut out, 100).unwrap();
+        assert_eq!(&out[..], b"hello hello hello");
+
+        decompressor.release_if_idle();
+        assert!(decompressor.is_allocated(), "busy since the last check");
+        decompressor.release_if_idle();
+        assert!(!decompressor.is_allocated(), "idle for a whole period");
+        // With context takeover the inflater holds the server's window: never released.
+        let mut keeping = Decompressor::new(&agreed());
+        keeping
+            .inflate(&[0x4a, 0x04, 0x00], &mut BytesMut::new(), 100)
+            .unwrap();
+        keeping.release_if_idle();
+        keeping.release_if_idle();
+        assert!(keeping.is_allocated());
     }
 }

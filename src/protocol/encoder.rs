@@ -50,6 +50,7 @@ impl Encoder<Frame> for Codec {
     /// Writes `frame` as one final, masked frame: the client never fragments what it sends.
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         debug_assert_eq!(validate_outgoing(&frame), Ok(()));
+        let start = dst.len();
         let key = self.mask_keys.next();
         match &frame {
             Frame::Text(text) => self.write_data_frame(dst, OpCode::Text, text.as_bytes(), key),
@@ -64,6 +65,7 @@ impl Encoder<Frame> for Codec {
                 write_masked_frame(dst, OpCode::Close, 0, &parts, key);
             }
         }
+        self.last_encoded_len = dst.len() - start;
         Ok(())
     }
 }
@@ -78,13 +80,31 @@ impl Codec {
         payload: &[u8],
         key: [u8; 4],
     ) {
-        if let Some(compressor) = &mut self.compressor {
-            if compressor.compress(payload) {
-                write_masked_frame(dst, opcode, RSV1, &[compressor.compressed()], key);
-                return;
-            }
+        if self.compressor.is_some() && self.write_compressed(dst, opcode, payload, key) {
+            return;
         }
         write_masked_frame(dst, opcode, 0, &[payload], key);
+    }
+
+    /// Appends `payload` compressed if it is worth compressing; `false` (nothing written) if
+    /// not. Out of line: the uncompressed path stays small.
+    #[inline(never)]
+    fn write_compressed(
+        &mut self,
+        dst: &mut BytesMut,
+        opcode: OpCode,
+        payload: &[u8],
+        key: [u8; 4],
+    ) -> bool {
+        let Some(compressor) = &mut self.compressor else {
+            return false;
+        };
+        if !compressor.compress(payload) {
+            return false;
+        }
+        write_masked_frame(dst, opcode, RSV1, &[compressor.compressed()], key);
+        compressor.written();
+        true
     }
 }
 

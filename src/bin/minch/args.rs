@@ -52,7 +52,8 @@ Exit codes:
   130  interrupted (Ctrl-C)
 With --reconnect every failure but a usage error is retried, so only 0, 2, 6 and 130 end it.
 
-Not yet supported by the library: proxies (--proxy) and compression (permessage-deflate).";
+Compression (permessage-deflate) is offered by default; --no-compression turns it off.
+Not yet supported by the library: proxies (--proxy).";
 
 /// An interactive and scriptable WebSocket client, built on minch's actor client: with
 /// --reconnect it stays connected, reconnecting with backoff.
