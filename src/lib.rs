@@ -188,6 +188,9 @@ mod client;
 mod connection;
 mod error;
 mod frame;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_api;
 mod handler;
 mod inbox;
 mod options;

@@ -179,7 +179,7 @@ impl actix_service::Service<actix_tls::connect::ConnectInfo<Uri>> for StampedTcp
     }
 }
 
-fn parse_url(url: &str) -> Result<Uri, Error> {
+pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
     let invalid = |reason: &str| Error::InvalidUrl {
         url: redact_url(url),
         reason: reason.to_owned(),
@@ -196,7 +196,9 @@ fn parse_url(url: &str) -> Result<Uri, Error> {
     Ok(uri)
 }
 
-fn parse_headers(headers: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
+pub(crate) fn parse_headers(
+    headers: &[(String, String)],
+) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
     headers
         .iter()
         .map(|(name, value)| {
@@ -227,7 +229,12 @@ fn is_secret(name: &HeaderName) -> bool {
 
 /// RFC 6455 §4.1: the client must fail the connection if the server selects a subprotocol or an
 /// extension it did not offer. minch offers no extensions yet.
-fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Error> {
+pub(crate) fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Error> {
+    let protocols = response.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    if protocols.len() > 1 {
+        let reason = "the server selected more than one subprotocol";
+        return Err(Error::Handshake(reason.into()));
+    }
     if let Some(chosen) = response.headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let chosen = chosen.to_str().unwrap_or_default();
         if !offered.iter().any(|protocol| protocol == chosen) {
@@ -236,7 +243,7 @@ fn check_negotiation(response: &Response, offered: &[String]) -> Result<(), Erro
             )));
         }
     }
-    if let Some(extensions) = response.headers.get(header::SEC_WEBSOCKET_EXTENSIONS) {
+    for extensions in response.headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
         if !extensions.as_bytes().iter().all(u8::is_ascii_whitespace) {
             return Err(Error::Handshake(format!(
                 "the server enabled extensions {extensions:?}, which were not offered"
