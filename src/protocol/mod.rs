@@ -26,6 +26,8 @@ mod encoder;
 mod error;
 mod header;
 mod mask;
+#[cfg(test)]
+mod properties;
 mod utf8;
 
 pub(crate) use codec::Codec;
