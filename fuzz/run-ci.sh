@@ -21,7 +21,7 @@ for target in "${TARGETS[@]}"; do
     cargo +nightly fuzz run -a "$target" "corpus-run/$target" "corpus/$target" -- \
         -max_total_time="$SECONDS_EACH" -rss_limit_mb=512 -malloc_limit_mb=64 \
         -max_len=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
-    grep -E '^#[0-9]+ +(INITED|DONE)|^stat::number_of_executed_units' "$log" || true
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^Done|^stat::number_of_executed_units' "$log" || true
     if [ "$status" -ne 0 ]; then
         tail -n 60 "$log"
         echo "fuzz $target failed (exit $status): the crash input is in fuzz/artifacts/$target/" >&2
