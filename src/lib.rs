@@ -208,6 +208,9 @@ mod compression;
 mod connection;
 mod error;
 mod frame;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_api;
 mod handler;
 mod inbox;
 mod options;

@@ -94,7 +94,10 @@ pub fn redact_url(url: &str) -> String {
     // string is not a URL and its start is treated as the authority, so `user:pw@host` is
     // redacted as well.
     let authority_start = match url.find("://") {
-        Some(at) if is_scheme(&url[..at]) => at + 3,
+        // A malformed scheme (`://u:pw@host`, `.ws://u:pw@host`) still ends where `://` starts.
+        Some(at) if is_scheme(&url[..at]) || !url[..at].contains(['@', '/', '?', '#', ':']) => {
+            at + 3
+        }
         // Not a scheme (`u:pw@host://…`, or a `://` in a query): whatever precedes it may
         // itself hold a secret.
         Some(_) => 0,
@@ -797,6 +800,12 @@ mod tests {
             ("u:pw@host://x", "host://x"),
             ("user:pw@host/path", "host/path"),
             ("//user:pw@host/path", "//host/path"),
+            // Found by fuzz/validation: an empty or malformed scheme once showed the password.
+            ("://user:pw@host/path", "://host/path"),
+            (".wss://user:pw@host/path", ".wss://host/path"),
+            ("w s://user:pw@host/path", "w s://host/path"),
+            // …but a password may hold `://` too.
+            ("u:pw://x@host/path", "host/path"),
             ("not a url", "not a url"),
             ("", ""),
             ("@", ""),

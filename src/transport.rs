@@ -144,8 +144,11 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         status: response.status(),
         headers: response.headers().clone(),
     };
-    check_subprotocol(&response, &options.subprotocols)?;
-    let deflate = check_extensions(&response, options.compression.as_ref())?;
+    let deflate = check_negotiation(
+        &response,
+        &options.subprotocols,
+        options.compression.as_ref(),
+    )?;
 
     // `into_map_codec` keeps the read buffer: frames that arrived together with the 101 stay.
     let transport = framed.into_map_codec(|_| Codec::with_compression(options.limits(), deflate));
@@ -184,7 +187,7 @@ impl actix_service::Service<actix_tls::connect::ConnectInfo<Uri>> for StampedTcp
     }
 }
 
-fn parse_url(url: &str) -> Result<Uri, Error> {
+pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
     let invalid = |reason: &str| Error::InvalidUrl {
         url: redact_url(url),
         reason: reason.to_owned(),
@@ -201,7 +204,9 @@ fn parse_url(url: &str) -> Result<Uri, Error> {
     Ok(uri)
 }
 
-fn parse_headers(headers: &[(String, String)]) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
+pub(crate) fn parse_headers(
+    headers: &[(String, String)],
+) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
     headers
         .iter()
         .map(|(name, value)| {
@@ -236,9 +241,25 @@ fn is_secret(name: &HeaderName) -> bool {
         || name.as_str().contains("key")
 }
 
+/// Checks the server's choices in a `101` against what the client offered: the subprotocol
+/// and the extensions. Returns the permessage-deflate parameters, if the server accepted them.
+pub(crate) fn check_negotiation(
+    response: &Response,
+    offered_subprotocols: &[String],
+    offered_compression: Option<&Deflate>,
+) -> Result<Option<Agreed>, Error> {
+    check_subprotocol(response, offered_subprotocols)?;
+    check_extensions(response, offered_compression)
+}
+
 /// RFC 6455 §4.1: the client must fail the connection if the server selects a subprotocol it
-/// did not offer.
+/// did not offer, or more than one.
 fn check_subprotocol(response: &Response, offered: &[String]) -> Result<(), Error> {
+    let protocols = response.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    if protocols.len() > 1 {
+        let reason = "the server selected more than one subprotocol";
+        return Err(Error::Handshake(reason.into()));
+    }
     if let Some(chosen) = response.headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         let chosen = chosen.to_str().unwrap_or_default();
         if !offered.iter().any(|protocol| protocol == chosen) {

@@ -345,7 +345,9 @@ fn the_compressed_benchmark_the_readme_cites_exists() {
         bench.contains("=> \"compressed\""),
         "examples/bench.rs has no `compressed` scenario"
     );
-    let performance = &readme[readme.find("## Performance").expect("a Performance section")..];
+    let performance = &readme[readme
+        .find("## Performance")
+        .expect("a Performance section")..];
     assert!(
         performance.to_lowercase().contains("compress"),
         "the Performance section has no compression figures"
@@ -364,7 +366,11 @@ async fn control_rfc7692_examples_inflate() {
     let server = support::scripted_ws_server(answer_close(vec![
         accepting("permessage-deflate"),
         Step::Send(compressed_frame(false, opcode::TEXT, &[0xf2, 0x48, 0xcd])),
-        Step::Send(frame_bytes(true, opcode::CONTINUATION, &[0xc9, 0xc9, 0x07, 0x00])),
+        Step::Send(frame_bytes(
+            true,
+            opcode::CONTINUATION,
+            &[0xc9, 0xc9, 0x07, 0x00],
+        )),
         Step::Send(compressed_frame(
             true,
             opcode::TEXT,
@@ -373,7 +379,9 @@ async fn control_rfc7692_examples_inflate() {
         Step::Send(compressed_frame(
             true,
             opcode::TEXT,
-            &[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00],
+            &[
+                0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+            ],
         )),
         Step::Send(compressed_frame(
             true,
@@ -549,7 +557,10 @@ async fn control_lenient_spellings_are_accepted_and_honoured() {
     for (i, frame) in sent.iter().enumerate() {
         assert_eq!(frame.rsv, 0b100);
         // A fresh inflater for each: the client kept no context, as asked.
-        assert_eq!(ServerInflater::new().inflate(&frame.payload), json(i).into_bytes());
+        assert_eq!(
+            ServerInflater::new().inflate(&frame.payload),
+            json(i).into_bytes()
+        );
     }
 }
 
@@ -589,7 +600,10 @@ fn control_blocking_api() {
     let sent: Vec<ClientFrame> = data_frames(&server);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].rsv, 0b100);
-    assert_eq!(ServerInflater::new().inflate(&sent[0].payload), text.into_bytes());
+    assert_eq!(
+        ServerInflater::new().inflate(&sent[0].payload),
+        text.into_bytes()
+    );
 }
 
 /// A server that does not answer the offer leaves the connection uncompressed both ways; one
@@ -599,10 +613,16 @@ async fn control_declined_means_uncompressed() {
     let server = support::scripted_ws_server(answer_close(vec![]));
     let (connection, _frames) = connect(&server, ConnectOptions::default()).await.unwrap();
     let big = json(1).repeat(10);
-    connection.send_frame(Frame::text(big.clone())).await.unwrap();
+    connection
+        .send_frame(Frame::text(big.clone()))
+        .await
+        .unwrap();
     connection.close().await;
     let sent = data_frames(&server);
-    assert_eq!((sent[0].rsv, sent[0].payload.clone()), (0, big.into_bytes()));
+    assert_eq!(
+        (sent[0].rsv, sent[0].payload.clone()),
+        (0, big.into_bytes())
+    );
 }
 
 /// The actor client negotiates afresh on every reconnect: a connection that ended in the middle
@@ -611,8 +631,7 @@ async fn control_declined_means_uncompressed() {
 #[actix_rt::test]
 async fn control_actor_reconnect_starts_fresh_contexts() {
     use minch::{
-        Client, ClientContext, ConnectRequest, MinchHandler, Reconnect, Reply, Response,
-        SendFrame,
+        Client, ClientContext, ConnectRequest, MinchHandler, Reconnect, Reply, Response, SendFrame,
     };
     use tokio::sync::mpsc;
 
@@ -651,13 +670,25 @@ async fn control_actor_reconnect_starts_fresh_contexts() {
         let mut steps = vec![
             accepting("permessage-deflate"),
             Step::ReadFrames(1, WAIT),
-            Step::Send(compressed_frame(true, opcode::TEXT, &deflater.compress(a.as_bytes()))),
+            Step::Send(compressed_frame(
+                true,
+                opcode::TEXT,
+                &deflater.compress(a.as_bytes()),
+            )),
             // Refers back to the previous message.
-            Step::Send(compressed_frame(true, opcode::TEXT, &deflater.compress(b.as_bytes()))),
+            Step::Send(compressed_frame(
+                true,
+                opcode::TEXT,
+                &deflater.compress(b.as_bytes()),
+            )),
         ];
         if cut {
             let c = deflater.compress(json(9).repeat(5).as_bytes());
-            steps.push(Step::Send(compressed_frame(false, opcode::TEXT, &c[..c.len() / 2])));
+            steps.push(Step::Send(compressed_frame(
+                false,
+                opcode::TEXT,
+                &c[..c.len() / 2],
+            )));
             steps.push(Step::Sleep(Duration::from_millis(50)));
             steps.push(Step::Close);
         } else {
@@ -695,7 +726,13 @@ async fn control_actor_reconnect_starts_fresh_contexts() {
         }
     }
     addr.send(minch::Close).await.expect("mailbox");
-    assert!(server.wait_event(|e| matches!(e, support::RawEvent::Closed { conn: 1, .. }), WAIT).await.is_some());
+    assert!(server
+        .wait_event(
+            |e| matches!(e, support::RawEvent::Closed { conn: 1, .. }),
+            WAIT
+        )
+        .await
+        .is_some());
     for conn in 0..2 {
         let sent: Vec<ClientFrame> = server
             .frames_of(conn)
@@ -705,7 +742,10 @@ async fn control_actor_reconnect_starts_fresh_contexts() {
         assert_eq!(sent.len(), 1, "connection {conn}");
         assert_eq!(sent[0].rsv, 0b100);
         // A fresh inflater per connection: each connection's compressor starts a new stream.
-        assert_eq!(ServerInflater::new().inflate(&sent[0].payload), json(5).into_bytes());
+        assert_eq!(
+            ServerInflater::new().inflate(&sent[0].payload),
+            json(5).into_bytes()
+        );
     }
 }
 
@@ -715,12 +755,18 @@ async fn control_actor_reconnect_starts_fresh_contexts() {
 #[actix_rt::test]
 async fn control_utf8_across_compressed_fragments() {
     let text = "é€😀 naïve ".repeat(20);
-    for (payload, valid) in [(text.clone().into_bytes(), true), ({
-        let mut bad = text.clone().into_bytes();
-        let at = bad.len() - 3;
-        bad[at] = 0xc3; // a lead byte followed by ASCII
-        bad
-    }, false)] {
+    for (payload, valid) in [
+        (text.clone().into_bytes(), true),
+        (
+            {
+                let mut bad = text.clone().into_bytes();
+                let at = bad.len() - 3;
+                bad[at] = 0xc3; // a lead byte followed by ASCII
+                bad
+            },
+            false,
+        ),
+    ] {
         let compressed = ServerDeflater::new(15).compress(&payload);
         let mut steps = vec![accepting("permessage-deflate")];
         let last = compressed.len() - 1;
@@ -734,12 +780,18 @@ async fn control_utf8_across_compressed_fragments() {
         let server = support::scripted_ws_server(answer_close(steps));
         let (connection, mut frames) = connect(&server, ConnectOptions::default()).await.unwrap();
         if valid {
-            assert_eq!(next(&mut frames).await.unwrap().as_text(), Some(text.as_str()));
+            assert_eq!(
+                next(&mut frames).await.unwrap().as_text(),
+                Some(text.as_str())
+            );
             connection.close().await;
         } else {
             let reason = ending(&mut frames).await;
             assert!(
-                matches!(reason.error(), Some(Error::Protocol(ProtocolError::InvalidUtf8))),
+                matches!(
+                    reason.error(),
+                    Some(Error::Protocol(ProtocolError::InvalidUtf8))
+                ),
                 "{reason:?}"
             );
         }

@@ -1,5 +1,8 @@
 //! Credentials in a URL (user info, query values, fragment) and in request headers never show
-//! up in log records, errors or `Debug` output, while the connection still sends them.
+//! up in log records, errors or `Debug` output, while the connection still sends them: on
+//! connects, on rejections (401, 403, 503 to the upgrade), and on every kind of failure
+//! (refused connection, bad header value, TLS failure, a bad handshake, a timeout, a protocol
+//! error), in the errors' and disconnect reasons' `Display` and `Debug` and in the log.
 //!
 //! Every log record of this test binary is captured, at trace level, from every crate (awc,
 //! actix and the in-process server's libraries too): all tests here use the same secrets, so
@@ -13,9 +16,9 @@ mod support;
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
-use common::{Defaults, Event, Recorder, WAIT};
-use minch::{Client, Close, ConnectOptions, ConnectRequest, Error, Frame};
-use support::{ServerEvent, TestServer};
+use common::{closed_port, Defaults, Event, Policy, Recorder, WAIT};
+use minch::{Client, Close, ConnectOptions, ConnectRequest, Error, Frame, Timeout};
+use support::{masked_frame_bytes, scripted_ws_server, Handshake, ServerEvent, Step, TestServer};
 
 const TOKEN: &str = "SECRET123";
 const BEARER: &str = "SECRET456";
@@ -235,5 +238,192 @@ async fn a_malformed_url_error_shows_no_secret() {
     .expect("connect resolves in time")
     .expect_err("an invalid URL");
     assert!(error.to_string().contains("token=REDACTED"), "{error}");
+    assert_no_secret_in_logs();
+}
+
+/// A URL on 127.0.0.1:`port` carrying a password, a query token and a fragment.
+fn secret_url_on(scheme: &str, port: u16) -> String {
+    format!("{scheme}://user:{PASSWORD}@127.0.0.1:{port}/feed?token={TOKEN}&v=1#{FRAGMENT}")
+}
+
+/// Tries `request` with the simple API and with an actor client that stops at its first
+/// disconnect. Checks that no secret shows in the simple API's error (`Display`, `Debug`), the
+/// disconnect reason (`Display`, `Debug`), or anything the actor's callbacks saw; returns the
+/// simple API's error and the actor's.
+async fn fail_both_ways(request: ConnectRequest) -> (Error, Error) {
+    capture_logs();
+    let result = actix_rt::time::timeout(
+        WAIT,
+        minch::connect(
+            request.url.clone(),
+            request.headers.clone(),
+            request.options.clone(),
+        ),
+    )
+    .await
+    .expect("connect resolves in time");
+    let Err(error) = result else {
+        panic!("{request:?} connected");
+    };
+    assert_no_secret("the error's Display", &error.to_string());
+    assert_no_secret("the error's Debug", &format!("{error:?}"));
+
+    let (handler, mut events) = Recorder::new(request);
+    let addr = Client::start(handler.policy(Policy::Stop));
+    let event = events
+        .wait_for("handle_disconnect", WAIT, Event::is_disconnect)
+        .await;
+    let (reason, _) = event.disconnect().expect("a disconnect");
+    assert_no_secret("the disconnect reason's Display", &reason.to_string());
+    assert_no_secret("the disconnect reason's Debug", &format!("{reason:?}"));
+    let actor_error = reason.error().expect("a failed attempt").clone();
+    events
+        .wait_for("terminate", WAIT, Event::is_terminate)
+        .await;
+    assert_no_secret("the events", &events.history());
+    drop(addr);
+    (error, actor_error)
+}
+
+/// The request a server will turn down: secrets in the URL and in the headers.
+fn secret_request(url: String) -> ConnectRequest {
+    ConnectRequest::from((url, secret_headers()))
+}
+
+#[actix_rt::test]
+async fn rejections_show_no_secret() {
+    for (status, text) in [
+        (401, "Unauthorized"),
+        (403, "Forbidden"),
+        (503, "Unavailable"),
+    ] {
+        let server = scripted_ws_server(vec![Step::Handshake(
+            Handshake::new()
+                .status(status, text)
+                .header("WWW-Authenticate", "Bearer realm=\"feed\"")
+                .header("Content-Length", "0"),
+        )]);
+        let (error, actor_error) =
+            fail_both_ways(secret_request(secret_url_on("ws", server.port()))).await;
+        for error in [error, actor_error] {
+            assert_eq!(
+                error.status().map(|s| s.as_u16()),
+                Some(status),
+                "{error:?}"
+            );
+        }
+        // The request did carry the secrets: the rejection was of a real attempt.
+        let requests = server.requests();
+        assert!(
+            requests
+                .iter()
+                .any(|head| head.contains(BEARER) && head.contains(TOKEN)),
+            "{requests:?}"
+        );
+    }
+    let logged = records();
+    assert!(
+        logged
+            .iter()
+            .any(|r| r.contains("minch") && r.contains("401")),
+        "no record of the rejection was captured; the check below would be vacuous"
+    );
+    assert_no_secret_in_logs();
+}
+
+#[actix_rt::test]
+async fn a_refused_connection_shows_no_secret() {
+    let url = secret_url_on("ws", closed_port());
+    let (error, actor_error) = fail_both_ways(secret_request(url)).await;
+    for error in [error, actor_error] {
+        assert!(matches!(error, Error::Connect(_)), "{error:?}");
+    }
+    assert_no_secret_in_logs();
+}
+
+#[actix_rt::test]
+async fn a_bad_header_value_is_not_shown() {
+    let server = TestServer::start();
+    let request = ConnectRequest::new(secret_url_on("ws", server.port()))
+        .header("x-api-key", format!("{BEARER}\r\nx-evil: 1"))
+        .header("authorization", format!("Bearer {BEARER}\0"));
+    let (error, actor_error) = fail_both_ways(request).await;
+    for error in [error, actor_error] {
+        assert!(
+            matches!(&error, Error::InvalidHeader { name, .. } if name == "x-api-key"),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("evil"), "{error}");
+    }
+    assert_eq!(server.upgrades(), 0, "nothing is sent with a bad header");
+    assert_no_secret_in_logs();
+}
+
+#[cfg(feature = "tls")]
+#[actix_rt::test]
+async fn a_tls_failure_shows_no_secret() {
+    // A self-signed certificate the default roots do not trust.
+    let server = TestServer::start_tls();
+    let (error, actor_error) =
+        fail_both_ways(secret_request(secret_url_on("wss", server.port()))).await;
+    for error in [error, actor_error] {
+        assert!(matches!(error, Error::Tls(_)), "{error:?}");
+    }
+    assert_no_secret_in_logs();
+}
+
+#[actix_rt::test]
+async fn a_bad_handshake_and_a_timeout_show_no_secret() {
+    // A subprotocol nobody offered.
+    let server = scripted_ws_server(vec![Step::Handshake(
+        Handshake::new().header("Sec-WebSocket-Protocol", "chat"),
+    )]);
+    let (error, actor_error) =
+        fail_both_ways(secret_request(secret_url_on("ws", server.port()))).await;
+    for error in [error, actor_error] {
+        assert!(matches!(error, Error::Handshake(_)), "{error:?}");
+    }
+
+    // An upgrade answered too late.
+    let server = scripted_ws_server(vec![Step::Handshake(
+        Handshake::new().delay(Duration::from_secs(3)),
+    )]);
+    let options = ConnectOptions::default().upgrade_timeout(Duration::from_millis(300));
+    let request = ConnectRequest::from((
+        secret_url_on("ws", server.port()),
+        secret_headers(),
+        options,
+    ));
+    let (error, actor_error) = fail_both_ways(request).await;
+    for error in [error, actor_error] {
+        assert_eq!(error.timeout(), Some(Timeout::Upgrade), "{error:?}");
+    }
+    assert_no_secret_in_logs();
+}
+
+#[actix_rt::test]
+async fn a_protocol_error_while_connected_shows_no_secret() {
+    capture_logs();
+    // A masked frame from the server: the client fails the connection (1002).
+    let server = scripted_ws_server(vec![
+        Step::Send(masked_frame_bytes(true, 0x1, b"hi", [1, 2, 3, 4])),
+        Step::WaitClose(WAIT),
+    ]);
+    let (handler, mut events) = Recorder::new(secret_request(secret_url_on("ws", server.port())));
+    let _addr = Client::start(handler.policy(Policy::Stop));
+    let event = events
+        .wait_for("handle_disconnect", WAIT, Event::is_disconnect)
+        .await;
+    let (reason, _) = event.disconnect().expect("a disconnect");
+    assert!(
+        matches!(reason.error(), Some(Error::Protocol(_))),
+        "{reason:?}"
+    );
+    assert_no_secret("the disconnect reason's Display", &reason.to_string());
+    assert_no_secret("the disconnect reason's Debug", &format!("{reason:?}"));
+    events
+        .wait_for("terminate", WAIT, Event::is_terminate)
+        .await;
+    assert_no_secret("the events", &events.history());
     assert_no_secret_in_logs();
 }

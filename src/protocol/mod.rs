@@ -27,6 +27,8 @@ mod encoder;
 mod error;
 mod header;
 mod mask;
+#[cfg(test)]
+mod properties;
 mod utf8;
 
 pub(crate) use codec::Codec;

@@ -1,0 +1,76 @@
+//! Entry points for the fuzz targets in `fuzz/`: thin wrappers around crate-private code.
+//!
+//! Compiled only with `--cfg fuzzing` (which cargo-fuzz sets); not part of the API, no
+//! stability promised.
+
+use actix_codec::{Decoder, Encoder};
+use bytes::BytesMut;
+
+use crate::{
+    http::{HeaderMap, StatusCode},
+    protocol::{self, CodecError, Limits},
+    ConnectRequest, Error, Frame, ProtocolError, Response,
+};
+
+/// The client's frame decoder and message assembler, as the connection uses it.
+#[derive(Debug)]
+pub struct ServerStream(protocol::Codec);
+
+impl ServerStream {
+    /// A decoder enforcing these limits (`ConnectOptions::max_frame_size` and
+    /// `max_message_size`).
+    pub fn new(max_frame_size: usize, max_message_size: usize) -> Self {
+        ServerStream(protocol::Codec::new(Limits {
+            max_frame_size,
+            max_message_size,
+        }))
+    }
+
+    /// One call of the codec's `Decoder::decode`: the next whole message or control frame,
+    /// `None` until more bytes arrive, or the protocol error that fails the connection.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        match self.0.decode(src) {
+            Ok(frame) => Ok(frame),
+            Err(CodecError::Protocol(error)) => Err(error),
+            Err(CodecError::Io(error)) => panic!("the decoder made up an I/O error: {error}"),
+        }
+    }
+
+    /// Encodes `frame` as the client sends it (one final, masked frame), appending to `dst`.
+    pub fn encode(&mut self, frame: Frame, dst: &mut BytesMut) {
+        self.0.encode(frame, dst).expect("encoding cannot fail");
+    }
+}
+
+/// Whether the client may send `frame` (`validate_outgoing`).
+pub fn validate_outgoing(frame: &Frame) -> Result<(), ProtocolError> {
+    protocol::validate_outgoing(frame)
+}
+
+/// The client's checks of the server's answer to the upgrade, on a parsed status and header
+/// map: a status other than 101 is a rejection (awc reports it, and `open` maps it to
+/// `Error::Rejected`), then the subprotocol and extension negotiation `open` checks.
+///
+/// awc itself checks `Upgrade`, `Connection` and `Sec-WebSocket-Accept` before minch sees the
+/// response; the fuzz target checks those with its own model.
+pub fn check_handshake_response(
+    status: StatusCode,
+    headers: HeaderMap,
+    offered_subprotocols: &[String],
+) -> Result<Response, Error> {
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Error::Rejected { status });
+    }
+    let response = Response { status, headers };
+    // Compression not offered: any extension in the answer is one not offered.
+    crate::transport::check_negotiation(&response, offered_subprotocols, None)?;
+    Ok(response)
+}
+
+/// Everything `open` checks before any I/O: the options, the URL and the headers.
+pub fn validate_request(request: &ConnectRequest) -> Result<(), Error> {
+    request.options.validate()?;
+    crate::transport::parse_url(&request.url)?;
+    crate::transport::parse_headers(&request.headers)?;
+    Ok(())
+}
