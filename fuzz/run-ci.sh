@@ -6,7 +6,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH="${FUZZ_SECONDS:-15}"
-TARGETS=(decode_stream handshake_response validation)
+TARGETS=(decode_stream handshake_response validation inflate)
 
 # One build for all targets; -a: with debug assertions, as in the long runs.
 cargo +nightly fuzz build -a

@@ -74,3 +74,73 @@ pub fn validate_request(request: &ConnectRequest) -> Result<(), Error> {
     crate::transport::parse_headers(&request.headers)?;
     Ok(())
 }
+
+/// The parameters both sides keep to after permessage-deflate negotiation, as plain numbers:
+/// `(client window bits, server window bits, client no context takeover, server no context
+/// takeover)`.
+pub type DeflateParams = (u8, u8, bool, bool);
+
+/// The client's check of a server's `Sec-WebSocket-Extensions` answer (all its header lines)
+/// to the offer `deflate` makes: the agreed parameters, `None` if declined, or the error that
+/// fails the handshake.
+pub fn negotiate_deflate(
+    deflate: &crate::Deflate,
+    answer: &[&[u8]],
+) -> Result<Option<DeflateParams>, Error> {
+    deflate.accept(answer).map(|agreed| {
+        agreed.map(|a| {
+            (
+                a.client_window_bits,
+                a.server_window_bits,
+                a.client_no_context_takeover,
+                a.server_no_context_takeover,
+            )
+        })
+    })
+}
+
+impl ServerStream {
+    /// A decoder as [`new`](Self::new), with permessage-deflate as negotiated from `deflate`'s
+    /// offer and the server's `answer`; the error if the answer fails the handshake.
+    pub fn with_deflate(
+        max_frame_size: usize,
+        max_message_size: usize,
+        deflate: &crate::Deflate,
+        answer: &[&[u8]],
+    ) -> Result<Self, Error> {
+        let agreed = deflate.accept(answer)?;
+        let limits = Limits {
+            max_frame_size,
+            max_message_size,
+        };
+        Ok(ServerStream(protocol::Codec::with_compression(
+            limits, agreed,
+        )))
+    }
+}
+
+impl ServerStream {
+    /// A decoder for the frames the client sends, once unmasked, on a connection that agreed
+    /// `params`: it inflates with the client's window and context rules, as a server does.
+    pub fn for_client_frames(
+        max_frame_size: usize,
+        max_message_size: usize,
+        params: DeflateParams,
+    ) -> Self {
+        let (client_window_bits, _, client_no_context_takeover, _) = params;
+        let agreed = crate::compression::Agreed {
+            client_window_bits,
+            server_window_bits: client_window_bits.max(8),
+            client_no_context_takeover,
+            server_no_context_takeover: client_no_context_takeover,
+            memory_level: 5,
+            level: 1,
+            threshold: 0,
+        };
+        let limits = Limits {
+            max_frame_size,
+            max_message_size,
+        };
+        ServerStream(protocol::Codec::with_compression(limits, Some(agreed)))
+    }
+}
