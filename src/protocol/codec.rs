@@ -181,11 +181,9 @@ impl Codec {
     /// Everything that can be wrong with a header that parsed: bits the role or the extensions
     /// forbid, control frame rules, limits, and the order of fragments.
     fn check_header(&self, header: &FrameHeader) -> Result<(), ProtocolError> {
-        if header.rsv & !self.allowed_rsv != 0 {
-            return Err(ProtocolError::ReservedBits);
-        }
-        if header.rsv & RSV1 != 0 && !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
-            return Err(ProtocolError::MisplacedCompressedBit);
+        // One test on the common path: most frames set no RSV bit.
+        if header.rsv != 0 {
+            self.check_rsv(header)?;
         }
         if header.mask.is_some() {
             return Err(ProtocolError::MaskedFrame);
@@ -225,6 +223,19 @@ impl Codec {
                 size: message_size,
                 max: self.limits.max_message_size,
             });
+        }
+        Ok(())
+    }
+
+    /// RSV bits are allowed only as a negotiated extension defines them: RSV1 on a compressed
+    /// message's first frame (RFC 6455 §5.2, RFC 7692 §6).
+    #[cold]
+    fn check_rsv(&self, header: &FrameHeader) -> Result<(), ProtocolError> {
+        if header.rsv & !self.allowed_rsv != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        if !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ProtocolError::MisplacedCompressedBit);
         }
         Ok(())
     }
