@@ -121,6 +121,66 @@ pub fn backoff_duration(attempt: u32, options: BackoffOptions) -> Duration {
     Duration::from_millis(backoff(attempt, options))
 }
 
+/// The delay before reconnect attempt `attempt` after `error`: [`backoff_duration`], or, when
+/// the server refused the upgrade with 429 (Too Many Requests) or 503 (Service Unavailable)
+/// and said when to come back in `Retry-After`, that wait if it is longer, capped at
+/// `options.max`. This is what the default
+/// [`handle_disconnect`](crate::MinchHandler::handle_disconnect) waits.
+///
+/// ```
+/// use std::time::Duration;
+/// use minch::{
+///     reconnect_delay, BackoffOptions, ClientContext, DisconnectReason, Error, MinchHandler,
+///     Reconnect,
+/// };
+/// # use minch::{ConnectRequest, Frame, Reply};
+///
+/// // Not a rejection: the backoff schedule.
+/// assert_eq!(reconnect_delay(None, 1, BackoffOptions::default()), Duration::from_millis(200));
+///
+/// # struct Feed;
+/// impl MinchHandler for Feed {
+/// #   type Info = ();
+/// #   fn connect(&mut self, _: &mut ClientContext<'_, Self>) -> ConnectRequest { "ws://127.0.0.1:1".into() }
+/// #   fn handle_frame(&mut self, _: Frame, _: &mut ClientContext<'_, Self>) -> Reply { Reply::Continue }
+///     fn handle_disconnect(
+///         &mut self,
+///         reason: &DisconnectReason,
+///         attempt: u32,
+///         _ctx: &mut ClientContext<'_, Self>,
+///     ) -> Reconnect {
+///         if let Some(Error::Rejected { status, response }) = reason.error() {
+///             log::warn!(
+///                 "upgrade refused: {status}: {}",
+///                 String::from_utf8_lossy(response.body())
+///             );
+///             if status.as_u16() == 401 {
+///                 return Reconnect::Stop;
+///             }
+///         }
+///         // At least as long as a 429 or 503 asked, at most 60 s.
+///         let backoff = BackoffOptions::default().max(60_000);
+///         Reconnect::After(reconnect_delay(reason.error(), attempt, backoff))
+///     }
+/// }
+/// ```
+pub fn reconnect_delay(
+    error: Option<&crate::Error>,
+    attempt: u32,
+    options: BackoffOptions,
+) -> Duration {
+    let delay = backoff_duration(attempt, options);
+    let asked = error.filter(|error| {
+        error
+            .status()
+            .is_some_and(|status| status.as_u16() == 429 || status.as_u16() == 503)
+    });
+    match asked.and_then(crate::Error::retry_after) {
+        Some(wait) => delay.max(wait.min(Duration::from_millis(options.max))),
+        None => delay,
+    }
+}
+
 /// How [`backoff_with_jitter`] randomises a delay, so that a fleet of clients cut off at the
 /// same moment does not reconnect in lockstep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

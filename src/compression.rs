@@ -230,7 +230,7 @@ impl Deflate {
             let line = std::str::from_utf8(line)
                 .map_err(|_| extension_error(EXTENSION, "the header is not valid UTF-8"))?;
             for extension in line.split(',') {
-                let mut parts = extension.split(';').map(str::trim);
+                let mut parts = extension.split(';').map(trim_ows);
                 let name = parts.next().unwrap_or_default();
                 if name.is_empty() {
                     // An empty list element (`a, , b`) is allowed by the list syntax.
@@ -273,7 +273,7 @@ impl Deflate {
         let mut seen: Vec<&str> = Vec::new();
         for parameter in parameters {
             let (name, value) = match parameter.split_once('=') {
-                Some((name, value)) => (name.trim(), Some(unquote(value.trim()))),
+                Some((name, value)) => (trim_ows(name), Some(unquote(trim_ows(value)))),
                 None => (parameter, None),
             };
             let value = value.as_deref();
@@ -381,6 +381,12 @@ fn unquote(value: &str) -> std::borrow::Cow<'_, str> {
         });
     }
     unescaped.into()
+}
+
+/// Strips the optional whitespace HTTP allows around list elements and parameters (spaces and
+/// tabs only: `str::trim` would also take Unicode spaces such as U+00A0, which are not OWS).
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
 fn extension_error(parameter: &str, reason: &str) -> Error {

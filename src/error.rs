@@ -1,8 +1,17 @@
 //! The one error type of the crate, and the reasons a frame could not be sent.
 
-use std::{fmt, io, sync::Arc};
+use std::{
+    fmt, io,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
-use crate::{http::StatusCode, protocol::ProtocolError};
+use bytes::Bytes;
+
+use crate::{
+    http::{header, HeaderMap, StatusCode},
+    protocol::ProtocolError,
+};
 
 /// Everything that can go wrong while connecting or while connected.
 ///
@@ -45,9 +54,15 @@ pub enum Error {
     /// A step did not finish in time.
     Timeout(Timeout),
     /// The server answered the upgrade request with a status other than `101 Switching Protocols`.
+    ///
+    /// A server that asks for patience says so: 429 and 503 often come with `Retry-After`
+    /// ([`Rejection::retry_after`]), which the default
+    /// [`handle_disconnect`](crate::MinchHandler::handle_disconnect) honours.
     Rejected {
         /// The HTTP status the server sent.
         status: StatusCode,
+        /// The rest of the server's answer: its headers and the start of its body.
+        response: Box<Rejection>,
     },
     /// The server's `101` response is not a valid WebSocket handshake (RFC 6455 §4.1).
     Handshake(String),
@@ -113,7 +128,15 @@ impl Error {
     /// The HTTP status of a rejected upgrade.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Error::Rejected { status } => Some(*status),
+            Error::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// How long a server that rejected the upgrade asked the client to wait (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Rejected { response, .. } => response.retry_after(),
             _ => None,
         }
     }
@@ -171,10 +194,21 @@ impl fmt::Display for Error {
                 f,
                 "the receive queue stayed full past the pong timeout, so the keepalive pong could not be read; take frames sooner, raise ConnectOptions::max_queue or pong_timeout, or turn keepalive off"
             ),
-            Error::Rejected { status } => write!(
-                f,
-                "the server rejected the WebSocket upgrade with HTTP {status}; check the URL, credentials and headers"
-            ),
+            Error::Rejected { status, response } => {
+                write!(f, "the server rejected the WebSocket upgrade with HTTP {status}")?;
+                match response.retry_after() {
+                    Some(wait) => write!(
+                        f,
+                        "; it asks to retry after {} s (Retry-After)",
+                        wait.as_secs_f64().ceil()
+                    ),
+                    None => write!(
+                        f,
+                        "; check the URL, credentials and headers (the error's `response` holds \
+                         the server's headers and body)"
+                    ),
+                }
+            }
             Error::Handshake(reason) => {
                 write!(f, "the server's upgrade response is not valid: {reason}")
             }
@@ -259,3 +293,99 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+/// The headers and the start of the body of a refused upgrade (any status but 101), as the
+/// server sent them. Part of [`Error::Rejected`].
+///
+/// The body is kept up to [`MAX_BODY`](Self::MAX_BODY) bytes. `Debug` shows the header names
+/// and the body's length only: a server's answer may carry cookies or tokens.
+#[derive(Clone)]
+pub struct Rejection {
+    headers: HeaderMap,
+    body: Bytes,
+    complete: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Rejection {
+    /// The most of the body that is kept: 64 KiB.
+    pub const MAX_BODY: usize = crate::connector::MAX_REJECTED_BODY;
+
+    /// A rejection with these headers and this (whole) body, as minch builds it from the
+    /// server's answer; for tests of a handler's `handle_disconnect`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use minch::{http::{header::RETRY_AFTER, HeaderMap, StatusCode}, Error, Rejection};
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert(RETRY_AFTER, "2".parse().unwrap());
+    /// let error = Error::Rejected {
+    ///     status: StatusCode::TOO_MANY_REQUESTS,
+    ///     response: Box::new(Rejection::new(headers, "slow down")),
+    /// };
+    /// assert_eq!(error.retry_after(), Some(Duration::from_secs(2)));
+    /// ```
+    pub fn new(headers: HeaderMap, body: impl Into<Bytes>) -> Self {
+        Self::received(headers, body.into(), true)
+    }
+
+    pub(crate) fn received(headers: HeaderMap, body: Bytes, complete: bool) -> Self {
+        let retry_after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        Self {
+            headers,
+            body,
+            complete,
+            retry_after,
+        }
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body, or its first [`MAX_BODY`](Self::MAX_BODY) bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Whether [`body`](Self::body) is the whole body: false when it was longer than
+    /// [`MAX_BODY`](Self::MAX_BODY), or did not arrive within the upgrade timeout.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The wait the server asked for in `Retry-After` (seconds, or an HTTP date, counted from
+    /// when the response arrived), if it sent one that parses.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.keys().map(|name| name.as_str()).collect();
+        f.debug_struct("Rejection")
+            .field("headers", &names)
+            .field("body_len", &self.body.len())
+            .field("complete", &self.complete)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP date (a date in the past is no
+/// wait).
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly many digits: as long as a wait can be.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}

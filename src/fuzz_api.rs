@@ -59,12 +59,30 @@ pub fn check_handshake_response(
     offered_subprotocols: &[String],
 ) -> Result<Response, Error> {
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(Error::Rejected { status });
+        return Err(Error::Rejected {
+            status,
+            response: Box::new(crate::error::Rejection::received(
+                HeaderMap::new(),
+                bytes::Bytes::new(),
+                false,
+            )),
+        });
     }
     let response = Response { status, headers };
     // Compression not offered: any extension in the answer is one not offered.
     crate::transport::check_negotiation(&response, offered_subprotocols, None)?;
     Ok(response)
+}
+
+/// A refused upgrade as minch reports it, from the response `bytes` arriving in reads of the
+/// given sizes and then the end of the stream: headers, body kept (at most 64 KiB) and
+/// whether it is complete. `None` if the head does not parse.
+pub fn rejection_from_reads(
+    status: StatusCode,
+    bytes: &[u8],
+    reads: &[usize],
+) -> Option<(HeaderMap, bytes::Bytes, bool)> {
+    crate::connector::rejection_from_reads(status, bytes, reads)
 }
 
 /// Everything `open` checks before any I/O: the options, the URL and the headers.

@@ -5,7 +5,7 @@ use std::{error::Error as StdError, fmt, future::Future, sync::Arc, time::Durati
 use actix::{Addr, AsyncContext};
 
 use crate::{
-    backoff::{backoff_duration, BackoffOptions},
+    backoff::{reconnect_delay, BackoffOptions},
     client::{Client, HandlerTimers, TimerId},
     frame::{CloseCode, CloseFrame, Frame},
     options::ConnectRequest,
@@ -156,7 +156,9 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     /// successful upgrade, starting at 1.
     ///
     /// Default: stop if the request itself is invalid ([`Error::is_config`]), otherwise
-    /// reconnect after [`backoff`](crate::backoff)`(attempt, BackoffOptions::default())`.
+    /// reconnect after [`backoff`](crate::backoff)`(attempt, BackoffOptions::default())`, or
+    /// after the server's `Retry-After` if it refused the upgrade with 429 or 503 and asked
+    /// for longer (capped at the backoff's 30 s maximum): [`reconnect_delay`](crate::reconnect_delay).
     ///
     /// ```
     /// # use minch::{ClientContext, ConnectRequest, Frame, MinchHandler, Reply};
@@ -176,7 +178,7 @@ pub trait MinchHandler: Sized + Unpin + 'static {
     ///     ) -> Reconnect {
     ///         match reason.error() {
     ///             // Credentials were refused: retrying will not help.
-    ///             Some(Error::Rejected { status }) if status.as_u16() == 401 => Reconnect::Stop,
+    ///             Some(Error::Rejected { status, .. }) if status.as_u16() == 401 => Reconnect::Stop,
     ///             // Thousands of clients: spread the reconnects out.
     ///             _ => Reconnect::After(Duration::from_millis(backoff_with_jitter(
     ///                 attempt,
@@ -196,7 +198,11 @@ pub trait MinchHandler: Sized + Unpin + 'static {
         let _ = ctx;
         match reason {
             DisconnectReason::Error(error) if error.is_config() => Reconnect::Stop,
-            _ => Reconnect::After(backoff_duration(attempt, BackoffOptions::default())),
+            _ => Reconnect::After(reconnect_delay(
+                reason.error(),
+                attempt,
+                BackoffOptions::default(),
+            )),
         }
     }
 

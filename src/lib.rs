@@ -206,6 +206,7 @@ pub mod blocking;
 mod client;
 mod compression;
 mod connection;
+mod connector;
 mod error;
 mod frame;
 #[cfg(fuzzing)]
@@ -228,10 +229,12 @@ pub mod http {
 #[cfg(feature = "tls")]
 pub use crate::options::TlsOptions;
 pub use crate::{
-    backoff::{backoff, backoff_duration, backoff_with_jitter, BackoffOptions, Jitter},
+    backoff::{
+        backoff, backoff_duration, backoff_with_jitter, reconnect_delay, BackoffOptions, Jitter,
+    },
     client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
     compression::Deflate,
-    error::{Error, SendError, Timeout},
+    error::{Error, Rejection, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
     options::{redact_url, ConnectOptions, ConnectRequest},

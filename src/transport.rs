@@ -1,11 +1,7 @@
 //! Opening a connection: URL and header checks, TCP/TLS through awc, the HTTP upgrade, and the
 //! switch from awc's frame codec to ours.
 
-use std::{
-    cell::{Cell, RefCell},
-    rc::Rc,
-    time::Instant,
-};
+use std::time::{Duration, Instant};
 
 use actix_codec::Framed;
 use awc::{
@@ -21,6 +17,7 @@ use futures_util::future::{select, Either};
 
 use crate::{
     compression::{Agreed, Deflate},
+    connector::{Connector, Handshake},
     error::Timeout,
     options::{redact_url, ConnectRequest},
     protocol::Codec,
@@ -65,35 +62,34 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         });
     }
 
-    // awc has one timeout for the whole request: learn when TCP is up, so that the upgrade gets
-    // exactly `upgrade_timeout` (plus `tls_timeout` for wss) from then on.
-    let (tcp_up_tx, tcp_up) = tokio::sync::oneshot::channel();
-    let tcp_up_at = Rc::new(Cell::new(None));
-    let tcp = StampedTcp {
-        inner: actix_tls::connect::ConnectorService::default(),
-        at: tcp_up_at.clone(),
-        tx: Rc::new(RefCell::new(Some(tcp_up_tx))),
+    // minch opens the stream (TCP, then TLS) itself and hands it to awc ready, as a plain
+    // connection: awc then does the upgrade over it (see `connector`).
+    let (handshake, ready) = Handshake::new();
+    let connector = Connector::new(
+        handshake.clone(),
+        options.connect_timeout,
+        options.tls_timeout,
+    );
+    #[cfg(feature = "tls")]
+    let connector = if secure {
+        connector.tls(crate::tls::client_config(&options.tls)?)
+    } else {
+        connector
     };
     let connector = awc::Connector::new()
-        .connector(tcp)
-        .timeout(options.connect_timeout)
-        .handshake_timeout(options.tls_timeout)
+        .connector(connector)
+        // Only a backstop: the connector times the TCP and TLS steps itself.
+        .timeout(options.connect_timeout + options.tls_timeout + Duration::from_secs(1))
         // awc pools at most 100 connections by default and an upgraded connection holds its
         // slot: the 101st WebSocket would wait and time out. Each attempt gets its own
         // unlimited connector instead.
         .limit(0);
-    #[cfg(feature = "tls")]
-    let connector = if secure {
-        connector.rustls_0_23(crate::tls::client_config(&options.tls)?)
-    } else {
-        connector
-    };
     // awc's own request timeout is only a backstop: the TCP and TLS steps have their own
     // timeouts, and the upgrade's is enforced below.
-    let mut handshake_budget = options.connect_timeout + options.upgrade_timeout;
-    if secure {
-        handshake_budget += options.tls_timeout;
-    }
+    let handshake_budget = options.connect_timeout
+        + options.tls_timeout
+        + options.upgrade_timeout
+        + Duration::from_secs(1);
     let client = awc::Client::builder()
         .connector(connector)
         .no_default_headers()
@@ -104,7 +100,10 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         .timeout(handshake_budget)
         .finish();
 
-    let mut ws = client.ws(uri);
+    let mut ws = client.ws(plain_uri(&uri)?);
+    if !headers.iter().any(|(name, _)| name == header::HOST) {
+        ws = ws.header(header::HOST, host_header(&uri)?);
+    }
     for (name, value) in headers {
         ws = ws.header(name, value);
     }
@@ -122,24 +121,36 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         ws = ws.origin(origin);
     }
 
-    let mut after_tcp = options.upgrade_timeout;
-    if secure {
-        after_tcp += options.tls_timeout;
-    }
+    let upgrade_timeout = options.upgrade_timeout;
     let upgrade_deadline = async move {
-        match tcp_up.await {
-            Ok(at) => actix_rt::time::sleep_until((at + after_tcp).into()).await,
-            // TCP failed: awc reports why.
+        match ready.await {
+            Ok(at) => actix_rt::time::sleep_until((at + upgrade_timeout).into()).await,
+            // The connection could not be opened: awc reports why.
             Err(_) => std::future::pending().await,
         }
     };
     let connecting = std::pin::pin!(ws.connect());
     let upgrade_deadline = std::pin::pin!(upgrade_deadline);
-    let (response, framed) = match select(connecting, upgrade_deadline).await {
-        Either::Left((result, _)) => result
-            .map_err(|error| classify(error, &request.url, secure, tcp_up_at.get().is_some()))?,
+    let result = match select(connecting, upgrade_deadline).await {
+        Either::Left((result, _)) => result,
         Either::Right(_) => return Err(Error::Timeout(Timeout::Upgrade)),
     };
+    let (response, framed) = match result {
+        Ok(answer) => answer,
+        Err(WsClientError::InvalidResponseStatus(status)) => {
+            let deadline = handshake
+                .ready_at()
+                .map_or_else(Instant::now, |at| at + upgrade_timeout);
+            let response = Box::new(handshake.rejection(status, deadline).await);
+            return Err(Error::Rejected { status, response });
+        }
+        Err(error) => {
+            return Err(handshake
+                .take_failure()
+                .unwrap_or_else(|| classify(error, &request.url, secure, handshake.was_ready())))
+        }
+    };
+    handshake.finish();
     let response = Response {
         status: response.status(),
         headers: response.headers().clone(),
@@ -155,36 +166,31 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     Ok((response, transport))
 }
 
-/// awc's TCP connector, reporting the moment the connection is established: awc has one
-/// timeout for the whole request, and one error for both the TCP and the TLS timeout.
-#[derive(Clone)]
-struct StampedTcp {
-    inner: actix_tls::connect::ConnectorService,
-    at: Rc<Cell<Option<Instant>>>,
-    tx: Rc<RefCell<Option<tokio::sync::oneshot::Sender<Instant>>>>,
+/// The URL awc is given: `wss://` becomes `ws://` with the port spelled out, since minch's
+/// connector has already made the TLS connection awc would otherwise make.
+fn plain_uri(uri: &Uri) -> Result<Uri, Error> {
+    if uri.scheme_str() != Some("wss") {
+        return Ok(uri.clone());
+    }
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(443);
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    Uri::try_from(format!("ws://{host}:{port}{path}"))
+        .map_err(|error| Error::Handshake(format!("the URL could not be rewritten: {error}")))
 }
 
-impl actix_service::Service<actix_tls::connect::ConnectInfo<Uri>> for StampedTcp {
-    type Response = actix_tls::connect::Connection<Uri, actix_rt::net::TcpStream>;
-    type Error = actix_tls::connect::ConnectError;
-    type Future =
-        futures_util::future::LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    actix_service::always_ready!();
-
-    fn call(&self, request: actix_tls::connect::ConnectInfo<Uri>) -> Self::Future {
-        let connecting = self.inner.call(request);
-        let (at, tx) = (self.at.clone(), self.tx.clone());
-        Box::pin(async move {
-            let connection = connecting.await?;
-            let now = Instant::now();
-            at.set(Some(now));
-            if let Some(tx) = tx.borrow_mut().take() {
-                let _ = tx.send(now);
-            }
-            Ok(connection)
-        })
-    }
+/// `Host`, as awc would write it for the URL the user gave: the host, and the port if the URL
+/// names one.
+fn host_header(uri: &Uri) -> Result<HeaderValue, Error> {
+    let host = uri.host().unwrap_or_default();
+    let value = match uri.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::try_from(value).map_err(|_| Error::InvalidUrl {
+        url: String::new(),
+        reason: "the host is not a valid Host header".into(),
+    })
 }
 
 pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
@@ -300,7 +306,14 @@ fn check_extensions(
 /// was up by then tells them apart. `url` is the requested URL, shown redacted.
 fn classify(error: WsClientError, url: &str, secure: bool, tcp_was_up: bool) -> Error {
     match error {
-        WsClientError::InvalidResponseStatus(status) => Error::Rejected { status },
+        WsClientError::InvalidResponseStatus(status) => Error::Rejected {
+            status,
+            response: Box::new(crate::error::Rejection::received(
+                HeaderMap::new(),
+                bytes::Bytes::new(),
+                false,
+            )),
+        },
         WsClientError::SendRequest(SendRequestError::Timeout) => Error::Timeout(Timeout::Upgrade),
         WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Timeout)) => {
             if secure && tcp_was_up {

@@ -93,7 +93,7 @@ async fn rejected_upgrade_gives_growing_attempts() {
         let (reason, attempt) = event.disconnect().unwrap();
         assert_eq!(attempt, expected, "{}", events.history());
         match reason.error() {
-            Some(error @ Error::Rejected { status }) => {
+            Some(error @ Error::Rejected { status, .. }) => {
                 assert_eq!(*status, StatusCode::UNAUTHORIZED);
                 assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED));
                 assert!(!error.is_config());

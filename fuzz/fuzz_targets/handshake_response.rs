@@ -13,9 +13,9 @@ use actix_http::{h1::ClientCodec, ServiceConfig};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use minch::{
-    fuzz_api::check_handshake_response,
-    http::{header, StatusCode},
-    Error,
+    fuzz_api::{check_handshake_response, rejection_from_reads},
+    http::{header, HeaderMap, StatusCode},
+    Error, Rejection,
 };
 
 thread_local! {
@@ -60,9 +60,10 @@ fuzz_target!(|data: &[u8]| {
 
     if status != StatusCode::SWITCHING_PROTOCOLS {
         assert!(
-            matches!(&result, Err(Error::Rejected { status: s }) if *s == status),
+            matches!(&result, Err(Error::Rejected { status: s, .. }) if *s == status),
             "status {status} not reported as a rejection: {result:?}"
         );
+        check_rejection(status, &headers, response, offer);
         return;
     }
 
@@ -74,9 +75,16 @@ fuzz_target!(|data: &[u8]| {
         [one] => offered.iter().any(|o| o.as_bytes() == one.as_bytes()),
         _ => false,
     };
+    // The extension list syntax allows empty elements (`, ,`) with spaces and tabs around
+    // them; anything else names an extension.
     let extensions_ok = headers
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-        .all(|value| value.as_bytes().iter().all(u8::is_ascii_whitespace));
+        .all(|value| {
+            value
+                .as_bytes()
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b','))
+        });
     let minch_accepts = protocol_ok && extensions_ok;
     assert_eq!(
         result.is_ok(),
@@ -96,3 +104,44 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// The rejection minch reports from the same bytes (its own parse of the head, then the body
+/// as its framing says): the head awc accepted parses, to the same headers; the body kept is
+/// at most 64 KiB; and it does not depend on where the reads end.
+fn check_rejection(status: StatusCode, awc_headers: &HeaderMap, response: &[u8], seed: u8) {
+    let whole = rejection_from_reads(status, response, &[usize::MAX])
+        .expect("a head awc parsed parses for the rejection too");
+    let (headers, body, complete) = &whole;
+    let pairs = |map: &HeaderMap| {
+        let mut pairs: Vec<(String, Vec<u8>)> = map
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    assert_eq!(
+        pairs(headers),
+        pairs(awc_headers),
+        "the headers differ from awc's"
+    );
+    assert!(body.len() <= Rejection::MAX_BODY);
+    if *complete {
+        assert!(body.len() <= response.len());
+    }
+    for reads in [
+        vec![1],
+        vec![usize::from(seed % 7) + 2, 3],
+        vec![usize::from(seed) + 1],
+    ] {
+        let split = rejection_from_reads(status, response, &reads).unwrap();
+        assert_eq!(
+            split.1, whole.1,
+            "the body depends on the reads ({reads:?})"
+        );
+        assert_eq!(
+            split.2, whole.2,
+            "completeness depends on the reads ({reads:?})"
+        );
+    }
+}

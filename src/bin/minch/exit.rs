@@ -97,7 +97,8 @@ mod tests {
         assert_eq!(error(Error::Timeout(Timeout::Pong)), Exit::Lost);
         assert_eq!(
             error(Error::Rejected {
-                status: StatusCode::FORBIDDEN
+                status: StatusCode::FORBIDDEN,
+                response: Box::new(minch::Rejection::new(Default::default(), "")),
             }),
             Exit::Rejected
         );
