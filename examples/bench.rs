@@ -4,6 +4,7 @@
 //! cargo run --release --example bench                 # everything: 3 runs, medians, ratios
 //! cargo run --release --example bench -- --quick      # a smoke run with small counts
 //! cargo run --release --example bench -- --scenario rtt,pipeline --runs 5 --raw
+//! cargo run --release --example bench -- --scenario compressed --clients minch-actor,minch-simple,yawc
 //! cargo run --release --example bench -- server --port 9001   # only the echo server
 //! cargo run --release --example bench -- --url ws://127.0.0.1:9001/ --clients minch-actor \
 //!     --scenario pipeline --runs 1 --pin off          # clients only, e.g. under a profiler
@@ -52,7 +53,23 @@
 //!   with all connections idle − VmRSS before) / connections, and the same with VmHWM. Children raise RLIMIT_NOFILE to the hard limit through `sh -c
 //!   'ulimit -n ...'`; one untimed fanout warms the server up first.
 //!
-//! rtt and pipeline run with bench and server pinned to CPU 0 (`[cpu0]`: `taskset -a -p -c 0`
+//! - `compressed` (issue 11): permessage-deflate, against a second, deflate-capable echo server
+//!   (`bench server --deflate`: yawc's server side on a current-thread runtime, level 1; see
+//!   `bench/deflate_server.rs`), with the clients that can negotiate deflate (minch's four, and
+//!   `yawc`, offering minch's defaults: client window 15 bits, level 1, threshold 64 B; raw awc
+//!   and tokio-tungstenite cannot). Messages are 1 KiB JSON trade batches (512 different ones,
+//!   same keys and symbols, varying numbers). It stands for six rows:
+//!   - `deflate-rtt` (one in flight) and `deflate-pipeline` (window 1 000): msgs/s, payload
+//!     MB/s, client CPU µs per message (this process's CPU time, all threads, from
+//!     /proc/self/task/*/schedstat, over the timed part), and bytes on the wire per 100 bytes of
+//!     payload each way (counted by the server on its sockets);
+//!   - `deflate-pipeline-nct`: the same without context takeover (the server's path
+//!     `/no-context-takeover` imposes it both ways);
+//!   - `deflate-fanout-idle`, `deflate-fanout`, `deflate-fanout-nct`: the fanout with deflate
+//!     negotiated: no message at all; 3 echoes of 1 KiB ticks, context kept; the same without
+//!     context takeover: KiB per connection.
+//!
+//! rtt and pipeline (and the compressed rtt and pipeline rows) run with bench and server pinned to CPU 0 (`[cpu0]`: `taskset -a -p -c 0`
 //! on both running processes, every thread) and unpinned (`[2 cpus]`); `--pin on|off` keeps one
 //! of the two. The other scenarios run unpinned. An untimed warm-up (every client, every echo
 //! scenario, `--quick` counts) comes first. Clients take turns, in an order that rotates
@@ -61,6 +78,8 @@
 
 #[path = "bench/clients/mod.rs"]
 mod clients;
+#[path = "bench/deflate_server.rs"]
+mod deflate_server;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/server.rs"]
@@ -69,12 +88,13 @@ mod server;
 mod sys;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Child, ChildStdin, ChildStdout, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use clients::{ClientKind, FanoutParams, Job, Payload};
+use clients::{ClientKind, FanoutParams, Job, Payload, Ticks};
 use report::{Cell, Results, Row};
 
 /// One scenario variant: what it runs and whether client and server share CPU 0.
@@ -85,15 +105,34 @@ enum Scenario {
     Bulk,
     Fragmented,
     Fanout,
+    /// The compressed scenarios below, together (`--scenario compressed`).
+    Compressed,
+    DeflateRtt,
+    DeflatePipeline,
+    DeflatePipelineNoContext,
+    DeflateFanoutIdle,
+    DeflateFanout,
+    DeflateFanoutNoContext,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    /// What a run without `--scenario` runs.
+    const ALL: [Scenario; 6] = [
         Scenario::Rtt,
         Scenario::Pipeline,
         Scenario::Bulk,
         Scenario::Fragmented,
         Scenario::Fanout,
+        Scenario::Compressed,
+    ];
+
+    const COMPRESSED: [Scenario; 6] = [
+        Scenario::DeflateRtt,
+        Scenario::DeflatePipeline,
+        Scenario::DeflatePipelineNoContext,
+        Scenario::DeflateFanoutIdle,
+        Scenario::DeflateFanout,
+        Scenario::DeflateFanoutNoContext,
     ];
 
     fn name(self) -> &'static str {
@@ -103,11 +142,66 @@ impl Scenario {
             Scenario::Bulk => "bulk",
             Scenario::Fragmented => "fragmented",
             Scenario::Fanout => "fanout",
+            Scenario::Compressed => "compressed",
+            Scenario::DeflateRtt => "deflate-rtt",
+            Scenario::DeflatePipeline => "deflate-pipeline",
+            Scenario::DeflatePipelineNoContext => "deflate-pipeline-nct",
+            Scenario::DeflateFanoutIdle => "deflate-fanout-idle",
+            Scenario::DeflateFanout => "deflate-fanout",
+            Scenario::DeflateFanoutNoContext => "deflate-fanout-nct",
         }
     }
 
+    /// The scenarios a name given to `--scenario` stands for.
+    fn expand(self) -> Vec<Scenario> {
+        if self == Scenario::Compressed {
+            Scenario::COMPRESSED.to_vec()
+        } else {
+            vec![self]
+        }
+    }
+
+    /// Run pinned and unpinned.
     fn small_messages(self) -> bool {
-        matches!(self, Scenario::Rtt | Scenario::Pipeline)
+        matches!(
+            self,
+            Scenario::Rtt
+                | Scenario::Pipeline
+                | Scenario::DeflateRtt
+                | Scenario::DeflatePipeline
+                | Scenario::DeflatePipelineNoContext
+        )
+    }
+
+    /// Runs against the deflate server, with the clients that can negotiate deflate.
+    fn compressed(self) -> bool {
+        Scenario::COMPRESSED.contains(&self) || self == Scenario::Compressed
+    }
+
+    /// Connects to the deflate server's path that imposes no context takeover.
+    fn no_context_takeover(self) -> bool {
+        matches!(
+            self,
+            Scenario::DeflatePipelineNoContext | Scenario::DeflateFanoutNoContext
+        )
+    }
+
+    fn fanout(self) -> bool {
+        matches!(
+            self,
+            Scenario::Fanout
+                | Scenario::DeflateFanoutIdle
+                | Scenario::DeflateFanout
+                | Scenario::DeflateFanoutNoContext
+        )
+    }
+
+    fn runs_client(self, client: ClientKind) -> bool {
+        if self.compressed() {
+            client.deflates()
+        } else {
+            client.plain()
+        }
     }
 }
 
@@ -150,6 +244,13 @@ struct Sizes {
     fanout_conns: usize,
     fanout_echoes: usize,
     fanout_concurrency: usize,
+    deflate_rtt_warmup: usize,
+    deflate_rtt_measured: usize,
+    deflate_pipeline_warmup: usize,
+    deflate_pipeline_measured: usize,
+    deflate_pipeline_window: usize,
+    /// The compressed scenarios' messages, shared by every job.
+    ticks: Arc<Ticks>,
 }
 
 impl Sizes {
@@ -170,6 +271,12 @@ impl Sizes {
                 fanout_conns: 1_000,
                 fanout_echoes: 3,
                 fanout_concurrency: 256,
+                deflate_rtt_warmup: 200,
+                deflate_rtt_measured: 2_000,
+                deflate_pipeline_warmup: 2_000,
+                deflate_pipeline_measured: 10_000,
+                deflate_pipeline_window: 1_000,
+                ticks: Arc::new(Ticks::new()),
             }
         } else {
             Sizes {
@@ -187,6 +294,12 @@ impl Sizes {
                 fanout_conns: 10_000,
                 fanout_echoes: 3,
                 fanout_concurrency: 256,
+                deflate_rtt_warmup: 2_000,
+                deflate_rtt_measured: 20_000,
+                deflate_pipeline_warmup: 10_000,
+                deflate_pipeline_measured: 100_000,
+                deflate_pipeline_window: 1_000,
+                ticks: Arc::new(Ticks::new()),
             }
         };
         if let Some(conns) = options.fanout_conns {
@@ -226,18 +339,48 @@ impl Sizes {
                 payload: Payload::Text(server::FRAG_REQUEST),
                 record_latency: false,
             },
-            Scenario::Fanout => unreachable!("fanout is not an echo job"),
+            Scenario::DeflateRtt => Job {
+                warmup: self.deflate_rtt_warmup,
+                measured: self.deflate_rtt_measured,
+                window: 1,
+                payload: Payload::Ticks(self.ticks.clone()),
+                record_latency: true,
+            },
+            Scenario::DeflatePipeline | Scenario::DeflatePipelineNoContext => Job {
+                warmup: self.deflate_pipeline_warmup,
+                measured: self.deflate_pipeline_measured,
+                window: self.deflate_pipeline_window,
+                payload: Payload::Ticks(self.ticks.clone()),
+                record_latency: false,
+            },
+            Scenario::Fanout
+            | Scenario::Compressed
+            | Scenario::DeflateFanoutIdle
+            | Scenario::DeflateFanout
+            | Scenario::DeflateFanoutNoContext => unreachable!("not an echo job"),
+        }
+    }
+
+    /// A fanout's echoes per connection and what they carry.
+    fn fanout_echoes(&self, scenario: Scenario) -> (usize, Payload) {
+        match scenario {
+            Scenario::DeflateFanoutIdle => (0, Payload::Ticks(self.ticks.clone())),
+            Scenario::DeflateFanout | Scenario::DeflateFanoutNoContext => {
+                (self.fanout_echoes, Payload::Ticks(self.ticks.clone()))
+            }
+            _ => (self.fanout_echoes, Payload::Text(clients::FANOUT_MESSAGE)),
         }
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  bench [--quick] [--runs N] [--scenario rtt,pipeline,bulk,fragmented,fanout]\n        \
-         [--clients minch-actor,minch-addr,minch-simple,minch-blocking,raw-awc,tokio-tungstenite] [--pin both|on|off]\n        \
-         [--conns N] [--raw] [--url ws://HOST:PORT/ (a running bench server)]\n  \
-         bench server [--port P]\n  \
-         bench fanout --client NAME --url URL --conns N --echoes K --concurrency C"
+        "usage:\n  bench [--quick] [--runs N] [--scenario rtt,pipeline,bulk,fragmented,fanout,compressed]\n        \
+         [--clients minch-actor,minch-addr,minch-simple,minch-blocking,raw-awc,tokio-tungstenite,yawc] [--pin both|on|off]\n        \
+         [--conns N] [--raw] [--url ws://HOST:PORT/ (a running bench server; for compressed scenarios, `server --deflate`)]\n  \
+         compressed = deflate-rtt,deflate-pipeline,deflate-pipeline-nct,deflate-fanout-idle,deflate-fanout,deflate-fanout-nct\n  \
+         bench server [--port P] [--deflate]\n  \
+         bench fanout --client NAME --url URL --conns N --echoes K --concurrency C [--ticks] [--settle SECS]"
     );
     std::process::exit(2)
 }
@@ -248,7 +391,12 @@ fn main() {
         Some("server") => {
             let port =
                 flag_value(&args, "--port").map_or(0, |p| p.parse().unwrap_or_else(|_| usage()));
-            if let Err(error) = server::run(port) {
+            let result = if args.iter().any(|arg| arg == "--deflate") {
+                deflate_server::run(port)
+            } else {
+                server::run(port)
+            };
+            if let Err(error) = result {
                 eprintln!("bench server: {error}");
                 std::process::exit(1);
             }
@@ -305,6 +453,7 @@ fn parse_options(args: &[String]) -> Options {
                     .map(|name| {
                         *Scenario::ALL
                             .iter()
+                            .chain(&Scenario::COMPRESSED)
                             .find(|s| s.name() == name)
                             .unwrap_or_else(|| {
                                 eprintln!("unknown scenario {name:?}");
@@ -352,6 +501,13 @@ fn parse_options(args: &[String]) -> Options {
     if options.runs == 0 {
         usage();
     }
+    let mut scenarios = Vec::new();
+    for scenario in options.scenarios.iter().flat_map(|s| s.expand()) {
+        if !scenarios.contains(&scenario) {
+            scenarios.push(scenario);
+        }
+    }
+    options.scenarios = scenarios;
     options
 }
 
@@ -359,14 +515,19 @@ fn parse_options(args: &[String]) -> Options {
 /// held here, closes).
 struct ServerProcess {
     child: Child,
-    _stdin: ChildStdin,
-    _stdout: BufReader<ChildStdout>,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
     port: u16,
 }
 
 impl ServerProcess {
-    fn spawn() -> ServerProcess {
-        let mut child = sys::command_with_nofile(&["server", "--port", "0"])
+    /// The tokio-tungstenite server, or with `deflate` the deflate-capable one.
+    fn spawn(deflate: bool) -> ServerProcess {
+        let mut args = vec!["server", "--port", "0"];
+        if deflate {
+            args.push("--deflate");
+        }
+        let mut child = sys::command_with_nofile(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -385,10 +546,20 @@ impl ServerProcess {
             .unwrap_or_else(|| panic!("the echo server said {line:?}, not its port"));
         ServerProcess {
             child,
-            _stdin: stdin,
-            _stdout: stdout,
+            stdin,
+            stdout,
             port,
         }
+    }
+
+    /// The deflate server's count of bytes read and written on its connections so far.
+    fn bytes(&mut self) -> Option<(u64, u64)> {
+        writeln!(self.stdin, "BYTES").ok()?;
+        self.stdin.flush().ok()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).ok()?;
+        let mut fields = line.trim().strip_prefix("BYTES ")?.split(' ');
+        Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
     }
 }
 
@@ -403,15 +574,35 @@ fn orchestrate(options: Options) {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
         .try_init();
     let sizes = Sizes::new(&options);
-    let server = options.url.is_none().then(ServerProcess::spawn);
+    let wants_plain = options.scenarios.iter().any(|s| !s.compressed());
+    let wants_deflate = options.scenarios.iter().any(|s| s.compressed());
+    let server = (options.url.is_none() && wants_plain).then(|| ServerProcess::spawn(false));
+    let mut deflate_server =
+        (options.url.is_none() && wants_deflate).then(|| ServerProcess::spawn(true));
     let url = match (&options.url, &server) {
         (Some(url), _) => url.clone(),
         (None, Some(server)) => format!("ws://127.0.0.1:{}/", server.port),
-        (None, None) => unreachable!(),
+        (None, None) => String::new(),
+    };
+    let deflate_base = match (&options.url, &deflate_server) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(server)) => format!("ws://127.0.0.1:{}", server.port),
+        (None, None) => String::new(),
+    };
+    // The URL a scenario's clients connect to.
+    let url_for = |scenario: Scenario| -> String {
+        if !scenario.compressed() {
+            url.clone()
+        } else if scenario.no_context_takeover() {
+            format!("{deflate_base}{}", deflate_server::NO_CONTEXT_PATH)
+        } else {
+            format!("{deflate_base}/")
+        }
     };
     let all_cpus = sys::allowed_cpus();
     let me = std::process::id();
     let server_pid = server.as_ref().map(|server| server.child.id());
+    let deflate_pid = deflate_server.as_ref().map(|server| server.child.id());
 
     let taskset_ok = sys::taskset_available();
     let pin_variants: Vec<bool> = match (options.pin, taskset_ok) {
@@ -421,11 +612,23 @@ fn orchestrate(options: Options) {
     };
 
     println!(
-        "minch bench: {} run(s){}, echo server {} on {url} (tokio-tungstenite, current-thread runtime)",
+        "minch bench: {} run(s){}, echo server {}",
         options.runs,
         if options.quick { " (--quick)" } else { "" },
-        server_pid.map_or("given by --url".to_owned(), |pid| format!("pid {pid}")),
+        match (&options.url, server_pid) {
+            (Some(url), _) => format!("given by --url: {url}"),
+            (None, Some(pid)) =>
+                format!("pid {pid} on {url} (tokio-tungstenite, current-thread runtime)"),
+            (None, None) => "none (compressed scenarios only)".to_owned(),
+        },
     );
+    if let Some(pid) = deflate_pid {
+        println!(
+            "deflate echo server pid {pid} on {deflate_base}/ (yawc, current-thread runtime, level 1; \
+             {} imposes no context takeover)",
+            deflate_server::NO_CONTEXT_PATH
+        );
+    }
     println!(
         "machine: {} CPU(s) allowed ({all_cpus}), RLIMIT_NOFILE {} (children raise it to the hard limit){}",
         sys::cpu_count(),
@@ -452,20 +655,32 @@ fn orchestrate(options: Options) {
         ..options.clone()
     });
     eprintln!("warm-up: each client once per echo scenario, --quick counts, untimed");
-    for &scenario in options.scenarios.iter().filter(|s| **s != Scenario::Fanout) {
-        for &client in &options.clients {
+    for &scenario in options.scenarios.iter().filter(|s| !s.fanout()) {
+        for &client in options.clients.iter().filter(|c| scenario.runs_client(**c)) {
             let job = warmup_sizes.job(scenario);
+            let url = url_for(scenario);
             let _ = system.block_on(async { clients::run_job(client, &url, &job).await });
         }
     }
-    if options.scenarios.contains(&Scenario::Fanout) {
-        // The server's first 10 000 connections cost it more (its heap grows): warm it up so
-        // that the first client measured is not the one that pays for it.
-        eprintln!("warm-up: one untimed fanout (raw-awc)");
-        if let Err(error) = run_fanout_child(ClientKind::RawAwc, &url, &sizes) {
-            eprintln!("warm-up fanout failed: {error}");
+    for (scenario, warm_client) in [
+        (Scenario::Fanout, ClientKind::RawAwc),
+        (Scenario::DeflateFanout, ClientKind::MinchActor),
+    ] {
+        let fanouts = |s: &Scenario| s.fanout() && s.compressed() == scenario.compressed();
+        if options.scenarios.iter().any(fanouts) {
+            // The server's first 10 000 connections cost it more (its heap grows): warm it up
+            // so that the first client measured is not the one that pays for it.
+            eprintln!(
+                "warm-up: one untimed {} ({})",
+                scenario.name(),
+                warm_client.name()
+            );
+            if let Err(error) = run_fanout_child(warm_client, &url_for(scenario), &sizes, scenario)
+            {
+                eprintln!("warm-up fanout failed: {error}");
+            }
+            std::thread::sleep(Duration::from_millis(1500));
         }
-        std::thread::sleep(Duration::from_millis(1500));
     }
     for run in 0..options.runs {
         for &scenario in &options.scenarios {
@@ -474,41 +689,72 @@ fn orchestrate(options: Options) {
             } else {
                 &[false]
             };
+            let scenario_url = url_for(scenario);
+            let pid = if scenario.compressed() {
+                deflate_pid
+            } else {
+                server_pid
+            };
+            let clients: Vec<ClientKind> = options
+                .clients
+                .iter()
+                .copied()
+                .filter(|c| scenario.runs_client(*c))
+                .collect();
             for &pinned in pins {
                 let row = Row::new(scenario.name(), pinned);
                 if pinned {
                     sys::set_affinity(me, "0");
-                    if let Some(pid) = server_pid {
+                    if let Some(pid) = pid {
                         sys::set_affinity(pid, "0");
                     }
                 }
                 // Alternate the order of the clients from run to run.
-                let n = options.clients.len();
+                let n = clients.len();
                 for i in 0..n {
-                    let client = options.clients[(i + run) % n];
+                    let client = clients[(i + run) % n];
                     // A failed attempt (error or stall) is reported and tried once more.
                     for attempt in 1..=2 {
                         let started = Instant::now();
-                        let cell = if scenario == Scenario::Fanout {
-                            run_fanout_child(client, &url, &sizes)
+                        let cell = if scenario.fanout() {
+                            run_fanout_child(client, &scenario_url, &sizes, scenario)
                         } else {
                             let job = sizes.job(scenario);
-                            system
-                                .block_on(async { clients::run_job(client, &url, &job).await })
-                                .map(|result| Cell::from_job(&result))
+                            let before = deflate_server
+                                .as_mut()
+                                .filter(|_| scenario.compressed())
+                                .and_then(ServerProcess::bytes);
+                            let result = system.block_on(async {
+                                clients::run_job(client, &scenario_url, &job).await
+                            });
+                            let after = deflate_server
+                                .as_mut()
+                                .filter(|_| scenario.compressed())
+                                .and_then(ServerProcess::bytes);
+                            result.map(|result| {
+                                let mut cell = Cell::from_job(&result);
+                                if let (Some(before), Some(after)) = (before, after) {
+                                    // Every message of the job, warm-up included, each way.
+                                    let payload = (job.warmup + job.measured) as f64
+                                        * job.payload.len() as f64;
+                                    cell.set_wire(
+                                        (after.0 - before.0) as f64 / payload * 100.0,
+                                        (after.1 - before.1) as f64 / payload * 100.0,
+                                    );
+                                }
+                                cell
+                            })
                         };
                         // Let the server drop the connection before the next client starts.
-                        std::thread::sleep(Duration::from_millis(
-                            if scenario == Scenario::Fanout {
-                                1500
-                            } else {
-                                100
-                            },
-                        ));
+                        std::thread::sleep(Duration::from_millis(if scenario.fanout() {
+                            1500
+                        } else {
+                            100
+                        }));
                         match cell {
                             Ok(cell) => {
                                 eprintln!(
-                                    "run {}/{} {:<18} {:<18} {}  ({:.1} s)",
+                                    "run {}/{} {:<26} {:<18} {}  ({:.1} s)",
                                     run + 1,
                                     options.runs,
                                     row.label(),
@@ -535,7 +781,7 @@ fn orchestrate(options: Options) {
                 }
                 if pinned {
                     sys::set_affinity(me, &all_cpus);
-                    if let Some(pid) = server_pid {
+                    if let Some(pid) = pid {
                         sys::set_affinity(pid, &all_cpus);
                     }
                 }
@@ -562,14 +808,21 @@ fn orchestrate(options: Options) {
         }
     }
     drop(server);
+    drop(deflate_server);
 }
 
 /// Runs one client's fanout in a fresh child process, so that RSS numbers do not mix.
-fn run_fanout_child(client: ClientKind, url: &str, sizes: &Sizes) -> Result<Cell, String> {
+fn run_fanout_child(
+    client: ClientKind,
+    url: &str,
+    sizes: &Sizes,
+    scenario: Scenario,
+) -> Result<Cell, String> {
     let conns = sizes.fanout_conns.to_string();
-    let echoes = sizes.fanout_echoes.to_string();
+    let (echoes, payload) = sizes.fanout_echoes(scenario);
+    let echoes = echoes.to_string();
     let concurrency = sizes.fanout_concurrency.to_string();
-    let output = sys::command_with_nofile(&[
+    let mut args = vec![
         "fanout",
         "--client",
         client.name(),
@@ -581,11 +834,15 @@ fn run_fanout_child(client: ClientKind, url: &str, sizes: &Sizes) -> Result<Cell
         &echoes,
         "--concurrency",
         &concurrency,
-    ])
-    .stdin(Stdio::null())
-    .stderr(Stdio::inherit())
-    .output()
-    .map_err(|error| format!("could not run the fanout child: {error}"))?;
+    ];
+    if matches!(payload, Payload::Ticks(_)) {
+        args.push("--ticks");
+    }
+    let output = sys::command_with_nofile(&args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|error| format!("could not run the fanout child: {error}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
         .lines()
@@ -608,9 +865,24 @@ fn fanout_child(args: &[String]) {
         conns: get("--conns").parse().unwrap_or_else(|_| usage()),
         echoes: get("--echoes").parse().unwrap_or_else(|_| usage()),
         concurrency: get("--concurrency").parse().unwrap_or_else(|_| usage()),
+        payload: if args.iter().any(|arg| arg == "--ticks") {
+            Payload::Ticks(Arc::new(Ticks::new()))
+        } else {
+            Payload::Text(clients::FANOUT_MESSAGE)
+        },
     };
+    // `--settle S`: wait S seconds with every connection idle before reading the memory
+    // (minch gives deflate state back after a keepalive interval without compressed messages).
+    let settle = flag_value(args, "--settle").map(|s| s.parse::<f64>().unwrap_or_else(|_| usage()));
     let system = actix_rt::System::new();
-    let result = system.block_on(async move { clients::fanout(client, &url, &params).await });
+    let result = system.block_on(async move {
+        let mut result = clients::fanout(client, &url, &params).await;
+        if let (Some(secs), Ok(fanout)) = (settle, &mut result) {
+            actix_rt::time::sleep(Duration::from_secs_f64(secs)).await;
+            fanout.idle_rss_kib = sys::status_kib("VmRSS");
+        }
+        result
+    });
     match result {
         Ok(fanout) => {
             println!(

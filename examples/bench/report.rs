@@ -19,7 +19,10 @@ impl Row {
     pub fn label(&self) -> String {
         if self.pinned {
             format!("{} [cpu0]", self.scenario)
-        } else if matches!(self.scenario, "rtt" | "pipeline") {
+        } else if matches!(
+            self.scenario,
+            "rtt" | "pipeline" | "deflate-rtt" | "deflate-pipeline" | "deflate-pipeline-nct"
+        ) {
             format!("{} [2 cpus]", self.scenario)
         } else {
             self.scenario.to_owned()
@@ -36,6 +39,11 @@ enum Metric {
     ConnectAllMs,
     IdleKibPerConn,
     PeakKibPerConn,
+    CpuUsPerMsg,
+    /// Bytes on the wire (WebSocket frames) from client to server per 100 bytes of payload.
+    WireSentPer100,
+    /// The same from server to client.
+    WireReceivedPer100,
 }
 
 impl Metric {
@@ -48,6 +56,9 @@ impl Metric {
             Metric::ConnectAllMs => "connect-all ms",
             Metric::IdleKibPerConn => "KiB/conn idle",
             Metric::PeakKibPerConn => "KiB/conn peak",
+            Metric::CpuUsPerMsg => "client CPU µs/msg",
+            Metric::WireSentPer100 => "wire B/100 B sent",
+            Metric::WireReceivedPer100 => "wire B/100 B received",
         }
     }
 
@@ -56,10 +67,26 @@ impl Metric {
             "rtt" => &[Metric::MsgsPerSec, Metric::P50Us, Metric::P99Us],
             "pipeline" => &[Metric::MsgsPerSec],
             "bulk" | "fragmented" => &[Metric::MbPerSec],
-            "fanout" => &[
+            "fanout" | "deflate-fanout-idle" | "deflate-fanout" | "deflate-fanout-nct" => &[
                 Metric::ConnectAllMs,
                 Metric::IdleKibPerConn,
                 Metric::PeakKibPerConn,
+            ],
+            "deflate-rtt" => &[
+                Metric::MsgsPerSec,
+                Metric::MbPerSec,
+                Metric::P50Us,
+                Metric::P99Us,
+                Metric::CpuUsPerMsg,
+                Metric::WireSentPer100,
+                Metric::WireReceivedPer100,
+            ],
+            "deflate-pipeline" | "deflate-pipeline-nct" => &[
+                Metric::MsgsPerSec,
+                Metric::MbPerSec,
+                Metric::CpuUsPerMsg,
+                Metric::WireSentPer100,
+                Metric::WireReceivedPer100,
             ],
             _ => &[],
         }
@@ -72,10 +99,13 @@ impl Metric {
             | Metric::P50Us
             | Metric::P99Us
             | Metric::IdleKibPerConn
-            | Metric::PeakKibPerConn => {
+            | Metric::PeakKibPerConn
+            | Metric::WireSentPer100
+            | Metric::WireReceivedPer100 => {
                 format!("{value:.1}")
             }
             Metric::ConnectAllMs => format!("{value:.0}"),
+            Metric::CpuUsPerMsg => format!("{value:.2}"),
         }
     }
 }
@@ -111,7 +141,19 @@ impl Cell {
             values.insert(Metric::P50Us, at(0.50) as f64 / 1e3);
             values.insert(Metric::P99Us, at(0.99) as f64 / 1e3);
         }
+        if let Some(cpu_ns) = result.cpu_ns.filter(|_| result.messages > 0) {
+            values.insert(
+                Metric::CpuUsPerMsg,
+                cpu_ns as f64 / result.messages as f64 / 1e3,
+            );
+        }
         Cell { values }
+    }
+
+    /// Wire bytes per 100 payload bytes, each way (counted by the deflate server).
+    pub fn set_wire(&mut self, sent: f64, received: f64) {
+        self.values.insert(Metric::WireSentPer100, sent);
+        self.values.insert(Metric::WireReceivedPer100, received);
     }
 
     /// Parses the `FANOUT key=value ...` line of a fanout child.
@@ -138,6 +180,10 @@ impl Cell {
         self.values
             .iter()
             .filter(|(metric, _)| !(**metric == Metric::MbPerSec && self.values[metric] < 1.0))
+            // Shown for the compressed scenarios only (the table shows it for those only).
+            .filter(|(metric, _)| {
+                **metric != Metric::CpuUsPerMsg || self.values.contains_key(&Metric::WireSentPer100)
+            })
             .map(|(metric, value)| format!("{} {}", metric.format(*value), metric.name()))
             .collect::<Vec<_>>()
             .join(", ")
@@ -190,13 +236,18 @@ impl Results {
 /// The ratio columns: minch's actor and simple clients over the baselines, then minch's simple
 /// and blocking APIs over its actor.
 fn ratio_pairs(clients: &[ClientKind]) -> Vec<(ClientKind, ClientKind)> {
-    use ClientKind::{MinchActor, MinchAddr, MinchBlocking, MinchSimple, RawAwc, Tungstenite};
+    use ClientKind::{
+        MinchActor, MinchAddr, MinchBlocking, MinchSimple, RawAwc, Tungstenite, Yawc,
+    };
     let mut pairs = Vec::new();
     for minch in [MinchActor, MinchAddr, MinchSimple] {
         for base in [RawAwc, Tungstenite] {
             pairs.push((minch, base));
         }
     }
+    // The compressed scenarios' baseline.
+    pairs.push((MinchActor, Yawc));
+    pairs.push((MinchSimple, Yawc));
     pairs.push((MinchSimple, MinchActor));
     pairs.push((MinchBlocking, MinchActor));
     pairs.retain(|(of, over)| clients.contains(of) && clients.contains(over));
@@ -223,7 +274,7 @@ enum Target {
 
 /// The targets against the baselines, for one of minch's clients.
 fn targets(of: ClientKind) -> Vec<Target> {
-    use ClientKind::{RawAwc, Tungstenite};
+    use ClientKind::{RawAwc, Tungstenite, Yawc};
     let ratio = |scenario, metric, over, min| Target::Ratio {
         scenario,
         metric,
@@ -242,6 +293,17 @@ fn targets(of: ClientKind) -> Vec<Target> {
             metric: Metric::IdleKibPerConn,
             of,
             max: 12.0,
+        },
+        // Issue 11: compressed, at least as fast as yawc (with the same window bits), and
+        // 10 000 connections with deflate negotiated in a few hundred MiB.
+        ratio("deflate-rtt", Metric::MsgsPerSec, Yawc, 1.0),
+        ratio("deflate-pipeline", Metric::MsgsPerSec, Yawc, 1.0),
+        ratio("deflate-pipeline-nct", Metric::MsgsPerSec, Yawc, 1.0),
+        Target::AtMost {
+            scenario: "deflate-fanout-idle",
+            metric: Metric::IdleKibPerConn,
+            of,
+            max: 30.0,
         },
     ]
 }
@@ -283,7 +345,17 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
     );
     println!();
 
-    let label_width = 36;
+    let label_width = rows
+        .iter()
+        .flat_map(|row| {
+            Metric::for_scenario(row.scenario)
+                .iter()
+                .map(move |metric| row.label().chars().count() + 1 + metric.name().chars().count())
+        })
+        .max()
+        .unwrap_or(0)
+        .max(34)
+        + 2;
     let col = 18;
     let ratio_col = pairs
         .iter()
@@ -344,7 +416,7 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
                         .map(|v| metric.format(*v))
                         .collect();
                     println!(
-                        "  {:<30} {:<18} {}",
+                        "  {:<48} {:<18} {}",
                         format!("{} {}", row.label(), metric.name()),
                         client.name(),
                         values.join(" | ")

@@ -80,6 +80,7 @@ impl EchoConn for AwcConn {
         let message = match payload {
             Payload::Text(text) => Message::Text((*text).into()),
             Payload::Binary(data) => Message::Binary(data.clone()),
+            Payload::Ticks(ticks) => Message::Text(ticks.next().into()),
         };
         self.framed
             .feed(message)

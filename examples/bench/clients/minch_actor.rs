@@ -30,7 +30,7 @@ struct Bench {
 }
 
 struct Running {
-    frame: Frame,
+    payload: Payload,
     total: usize,
     sent: usize,
     record_latency: bool,
@@ -39,10 +39,7 @@ struct Running {
 }
 
 fn frame_for(payload: &Payload) -> Frame {
-    match payload {
-        Payload::Text(text) => Frame::text(*text),
-        Payload::Binary(data) => Frame::Binary(data.clone()),
-    }
+    payload.minch_frame()
 }
 
 impl MinchHandler for Bench {
@@ -65,7 +62,7 @@ impl MinchHandler for Bench {
         let first_window = job.window.min(job.total());
         let now = Instant::now();
         self.job = Some(Running {
-            frame: frame_for(&job.payload),
+            payload: job.payload.clone(),
             total: job.total(),
             // The driver sends the first window.
             sent: first_window,
@@ -92,7 +89,7 @@ impl MinchHandler for Bench {
             if job.record_latency {
                 job.sent_at.push_back(Instant::now());
             }
-            Reply::Send(job.frame.clone())
+            Reply::Send(frame_for(&job.payload))
         } else {
             Reply::Continue
         };
@@ -130,10 +127,9 @@ pub async fn run_job(url: &str, job: &Job) -> Result<JobResult, String> {
         .send(Info(job.clone()))
         .await
         .map_err(|error| error.to_string())?;
-    let frame = frame_for(&job.payload);
     for _ in 0..job.window.min(job.total()) {
         client
-            .send(SendFrame(frame.clone()))
+            .send(SendFrame(frame_for(&job.payload)))
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| error.to_string())?;
@@ -151,7 +147,7 @@ pub async fn run_job(url: &str, job: &Job) -> Result<JobResult, String> {
 struct Fanout {
     url: String,
     events: mpsc::UnboundedSender<FanoutEvent>,
-    frame: Frame,
+    payload: Payload,
     left: usize,
     /// Echoed or failed has been reported.
     reported: bool,
@@ -175,13 +171,13 @@ impl MinchHandler for Fanout {
             let _ = self.events.send(FanoutEvent::Echoed);
             return Reply::Continue;
         }
-        Reply::Send(self.frame.clone())
+        Reply::Send(self.payload.minch_frame())
     }
 
     fn handle_frame(&mut self, _frame: Frame, _ctx: &mut ClientContext<'_, Self>) -> Reply {
         self.left = self.left.saturating_sub(1);
         if self.left > 0 {
-            return Reply::Send(self.frame.clone());
+            return Reply::Send(self.payload.minch_frame());
         }
         if !self.reported {
             self.reported = true;
@@ -215,7 +211,7 @@ pub async fn fanout(url: &str, params: &FanoutParams) -> Result<FanoutResult, St
             clients.push(Client::start(Fanout {
                 url: url.to_owned(),
                 events: events_tx.clone(),
-                frame: Frame::text(super::FANOUT_MESSAGE),
+                payload: params.payload.clone(),
                 left: params.echoes,
                 reported: false,
             }));

@@ -95,11 +95,7 @@ impl EchoConn for AddrConn {
     }
 
     async fn feed(&mut self, payload: &Payload) -> Result<(), String> {
-        let frame = match payload {
-            Payload::Text(text) => Frame::text(*text),
-            Payload::Binary(data) => Frame::Binary(data.clone()),
-        };
-        self.client.do_send(SendFrame(frame));
+        self.client.do_send(SendFrame(payload.minch_frame()));
         Ok(())
     }
 

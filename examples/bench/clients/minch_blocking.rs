@@ -41,10 +41,7 @@ const FANOUT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const WORKER_STACK: usize = 256 << 10;
 
 fn frame_for(payload: &Payload) -> Frame {
-    match payload {
-        Payload::Text(text) => Frame::text(*text),
-        Payload::Binary(data) => Frame::Binary(data.clone()),
-    }
+    payload.minch_frame()
 }
 
 fn connect(url: &str) -> Result<(blocking::Connection, blocking::Frames), String> {
@@ -167,7 +164,11 @@ fn produce(connection: &blocking::Connection, job: &Job, shared: &Shared) {
             }
             count
         };
-        let batch = std::iter::repeat_n(frame.clone(), count).collect();
+        let batch = match &job.payload {
+            // A new message each time.
+            Payload::Ticks(_) => (0..count).map(|_| frame_for(&job.payload)).collect(),
+            _ => std::iter::repeat_n(frame.clone(), count).collect(),
+        };
         if let Err(error) = connection.send_frames(batch) {
             shared.stop(format!("send_frames: {error}"));
             return;
@@ -243,18 +244,19 @@ pub async fn fanout(url: &str, params: &FanoutParams) -> Result<FanoutResult, St
     let (conns, echoes) = (params.conns, params.echoes);
     let mut progress = FanoutProgress::new(conns);
     for worker in 0..params.concurrency.clamp(1, conns.max(1)) {
-        let (events, next, held, url) = (
+        let (events, next, held, url, payload) = (
             events_tx.clone(),
             next.clone(),
             held.clone(),
             url.to_owned(),
+            params.payload.clone(),
         );
         thread::Builder::new()
             .name(format!("bench-fanout-{worker}"))
             .stack_size(WORKER_STACK)
             .spawn(move || {
                 while next.fetch_add(1, Ordering::Relaxed) < conns {
-                    let event = match connect_and_echo(&url, echoes, &events) {
+                    let event = match connect_and_echo(&url, echoes, &payload, &events) {
                         Ok(connection) => {
                             held.lock()
                                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -284,13 +286,14 @@ pub async fn fanout(url: &str, params: &FanoutParams) -> Result<FanoutResult, St
 fn connect_and_echo(
     url: &str,
     echoes: usize,
+    payload: &Payload,
     events: &mpsc::UnboundedSender<FanoutEvent>,
 ) -> Result<(blocking::Connection, blocking::Frames), String> {
     let (connection, frames) = connect(url)?;
     let _ = events.send(FanoutEvent::Connected);
     for _ in 0..echoes {
         connection
-            .send_frame(Frame::text(super::FANOUT_MESSAGE))
+            .send_frame(payload.minch_frame())
             .map_err(|error| error.to_string())?;
         loop {
             match frames.receive_frame(FANOUT_RECEIVE_TIMEOUT) {

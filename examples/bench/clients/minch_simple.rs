@@ -41,12 +41,8 @@ impl EchoConn for SimpleConn {
     }
 
     async fn feed(&mut self, payload: &Payload) -> Result<(), String> {
-        let frame = match payload {
-            Payload::Text(text) => Frame::text(*text),
-            Payload::Binary(data) => Frame::Binary(data.clone()),
-        };
         self.connection
-            .feed(frame)
+            .feed(payload.minch_frame())
             .await
             .map_err(|error| error.to_string())
     }

@@ -4,7 +4,8 @@
 //! client driven through its address) implement
 //! [`EchoConn`] and share [`echo_job`] and [`fanout_streams`], so they run the very same loop.
 //! The minch actor is callback-driven and has its own module; so has minch's blocking API, run
-//! by a producer thread and a consumer thread.
+//! by a producer thread and a consumer thread. yawc (the compressed scenarios' baseline) is a
+//! stream client too.
 
 mod awc_raw;
 mod minch_actor;
@@ -12,10 +13,14 @@ mod minch_addr;
 mod minch_blocking;
 mod minch_simple;
 mod tungstenite;
+mod yawc;
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -32,6 +37,7 @@ pub enum ClientKind {
     MinchBlocking,
     RawAwc,
     Tungstenite,
+    Yawc,
 }
 
 impl ClientKind {
@@ -43,6 +49,7 @@ impl ClientKind {
             ClientKind::MinchBlocking => "minch-blocking",
             ClientKind::RawAwc => "raw-awc",
             ClientKind::Tungstenite => "tokio-tungstenite",
+            ClientKind::Yawc => "yawc",
         }
     }
 
@@ -54,6 +61,7 @@ impl ClientKind {
             ClientKind::MinchBlocking => "blocking",
             ClientKind::RawAwc => "awc",
             ClientKind::Tungstenite => "tt",
+            ClientKind::Yawc => "yawc",
         }
     }
 
@@ -65,7 +73,20 @@ impl ClientKind {
             ClientKind::MinchBlocking,
             ClientKind::RawAwc,
             ClientKind::Tungstenite,
+            ClientKind::Yawc,
         ]
+    }
+
+    /// Whether the client can negotiate permessage-deflate (the compressed scenarios).
+    /// Raw awc and tokio-tungstenite cannot.
+    pub fn deflates(self) -> bool {
+        !matches!(self, ClientKind::RawAwc | ClientKind::Tungstenite)
+    }
+
+    /// Whether the client runs in the uncompressed scenarios: yawc is only the compressed
+    /// scenarios' baseline.
+    pub fn plain(self) -> bool {
+        self != ClientKind::Yawc
     }
 
     pub fn from_name(name: &str) -> Option<ClientKind> {
@@ -80,6 +101,109 @@ impl ClientKind {
 pub enum Payload {
     Text(&'static str),
     Binary(Bytes),
+    /// Text messages taken in turn from a set (the compressed scenarios' market feed).
+    Ticks(Arc<Ticks>),
+}
+
+impl Payload {
+    /// The text of the next message, for a text payload.
+    pub fn text(&self) -> Option<&'static str> {
+        match self {
+            Payload::Text(text) => Some(text),
+            Payload::Binary(_) => None,
+            Payload::Ticks(ticks) => Some(ticks.next()),
+        }
+    }
+
+    /// The next message as a minch frame.
+    pub fn minch_frame(&self) -> minch::Frame {
+        match self {
+            Payload::Text(text) => minch::Frame::text(*text),
+            Payload::Binary(data) => minch::Frame::Binary(data.clone()),
+            Payload::Ticks(ticks) => minch::Frame::text(ticks.next()),
+        }
+    }
+
+    /// The length of each message (the ticks all have the same length).
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(text) => text.len(),
+            Payload::Binary(data) => data.len(),
+            Payload::Ticks(ticks) => ticks.messages[0].len(),
+        }
+    }
+}
+
+/// A market feed: [`TICK_MESSAGES`] JSON messages of exactly [`TICK_LEN`] bytes, each a batch
+/// of trades with the same keys and symbols and varying prices, sizes, times and ids, sent in
+/// turn by every connection that shares the set.
+#[derive(Debug)]
+pub struct Ticks {
+    messages: Vec<&'static str>,
+    next: AtomicUsize,
+}
+
+pub const TICK_LEN: usize = 1024;
+const TICK_MESSAGES: usize = 512;
+
+impl Ticks {
+    pub fn new() -> Ticks {
+        const SYMBOLS: [&str; 6] = [
+            "BTC-USD", "ETH-USD", "SOL-USD", "BTC-EUR", "ETH-BTC", "XRP-USD",
+        ];
+        // A fixed xorshift sequence: the same messages in every run and every process.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut time_ms: u64 = 1_764_892_800_000;
+        let mut trade_id: u64 = 4_127_730_000;
+        let messages = (0..TICK_MESSAGES)
+            .map(|seq| {
+                let mut text = format!("{{\"type\":\"trades\",\"seq\":{seq},\"data\":[");
+                let mut first = true;
+                loop {
+                    let r = random();
+                    let symbol = SYMBOLS[(r % SYMBOLS.len() as u64) as usize];
+                    time_ms += r % 97;
+                    trade_id += 1 + r % 5;
+                    let tick = format!(
+                        "{}{{\"s\":\"{symbol}\",\"p\":\"{}.{:02}\",\"q\":\"{}.{:06}\",\"side\":\"{}\",\"t\":{time_ms},\"id\":{trade_id}}}",
+                        if first { "" } else { "," },
+                        20_000 + (r >> 8) % 90_000,
+                        (r >> 24) % 100,
+                        (r >> 32) % 4,
+                        (r >> 36) % 1_000_000,
+                        if r & (1 << 40) == 0 { "buy" } else { "sell" },
+                    );
+                    // Room for the tick and the closing "]}".
+                    if text.len() + tick.len() + 2 > TICK_LEN {
+                        break;
+                    }
+                    text.push_str(&tick);
+                    first = false;
+                }
+                text.push_str("]}");
+                // JSON allows whitespace after the value: pad to exactly TICK_LEN bytes.
+                while text.len() < TICK_LEN {
+                    text.push(' ');
+                }
+                &*Box::leak(text.into_boxed_str())
+            })
+            .collect();
+        Ticks {
+            messages,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn next(&self) -> &'static str {
+        let at = self.next.fetch_add(1, Ordering::Relaxed);
+        self.messages[at % self.messages.len()]
+    }
 }
 
 /// An echo scenario on one connection: `warmup + measured` messages, at most `window` in flight.
@@ -108,6 +232,8 @@ pub struct JobResult {
     pub bytes: u64,
     /// Send-to-reply latency of each timed message, in nanoseconds.
     pub latencies_ns: Vec<u64>,
+    /// CPU time of this process (all its threads) in the timed part, in nanoseconds.
+    pub cpu_ns: Option<u64>,
 }
 
 pub struct FanoutParams {
@@ -115,6 +241,8 @@ pub struct FanoutParams {
     pub echoes: usize,
     /// Connections being opened (and echoing) at once.
     pub concurrency: usize,
+    /// What each echo carries.
+    pub payload: Payload,
 }
 
 pub struct FanoutResult {
@@ -149,6 +277,7 @@ pub async fn run_job(kind: ClientKind, url: &str, job: &Job) -> Result<JobResult
             ClientKind::MinchBlocking => minch_blocking::run_job(url, job).await,
             ClientKind::RawAwc => with_conn::<awc_raw::AwcConn>(url, job).await,
             ClientKind::Tungstenite => with_conn::<tungstenite::TtConn>(url, job).await,
+            ClientKind::Yawc => with_conn::<yawc::YawcConn>(url, job).await,
         }
     };
     actix_rt::time::timeout(JOB_TIMEOUT, run)
@@ -171,6 +300,7 @@ pub async fn fanout(
             ClientKind::MinchBlocking => minch_blocking::fanout(url, params).await,
             ClientKind::RawAwc => fanout_streams::<awc_raw::AwcConn>(url, params).await,
             ClientKind::Tungstenite => fanout_streams::<tungstenite::TtConn>(url, params).await,
+            ClientKind::Yawc => fanout_streams::<yawc::YawcConn>(url, params).await,
         }
     };
     actix_rt::time::timeout(FANOUT_TIMEOUT, run)
@@ -261,6 +391,8 @@ struct Tally {
     bytes: u64,
     started: Instant,
     latencies_ns: Vec<u64>,
+    /// The process's CPU time when the clock started, if it could be read.
+    cpu_started_ns: Option<u64>,
 }
 
 impl Tally {
@@ -272,6 +404,7 @@ impl Tally {
             bytes: 0,
             started: Instant::now(),
             latencies_ns: Vec::with_capacity(if job.record_latency { job.measured } else { 0 }),
+            cpu_started_ns: if job.warmup == 0 { sys::cpu_ns() } else { None },
         }
     }
 
@@ -281,7 +414,8 @@ impl Tally {
         let now = Instant::now();
         if self.received <= self.warmup {
             if self.received == self.warmup {
-                self.started = now;
+                self.cpu_started_ns = sys::cpu_ns();
+                self.started = Instant::now();
             }
             return;
         }
@@ -296,8 +430,14 @@ impl Tally {
     }
 
     fn finish(self) -> JobResult {
+        let elapsed = self.started.elapsed();
+        let cpu_ns = self
+            .cpu_started_ns
+            .zip(sys::cpu_ns())
+            .map(|(started, now)| now.saturating_sub(started));
         JobResult {
-            elapsed: self.started.elapsed(),
+            elapsed,
+            cpu_ns,
             messages: self.received - self.warmup,
             bytes: self.bytes,
             latencies_ns: self.latencies_ns,
@@ -393,6 +533,7 @@ async fn fanout_streams<C: EchoConn + 'static>(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let url: Arc<str> = url.into();
     let (conns, echoes) = (params.conns, params.echoes);
+    let payload = params.payload.clone();
     let mut progress = FanoutProgress::new(conns);
 
     actix_rt::spawn(async move {
@@ -400,6 +541,7 @@ async fn fanout_streams<C: EchoConn + 'static>(
             let permit = permits.clone().acquire_owned().await.expect("semaphore");
             let events = events_tx.clone();
             let url = url.clone();
+            let payload = payload.clone();
             actix_rt::spawn(async move {
                 // Boxed, so that the (large) connect future's state is not kept in every idle
                 // task: the idle task holds the connection and little else.
@@ -412,7 +554,6 @@ async fn fanout_streams<C: EchoConn + 'static>(
                     }
                 };
                 let _ = events.send(FanoutEvent::Connected);
-                let payload = Payload::Text(FANOUT_MESSAGE);
                 for _ in 0..echoes {
                     if let Err(error) = conn.round_trip(&payload).await {
                         drop(permit);

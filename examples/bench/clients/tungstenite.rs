@@ -39,6 +39,7 @@ impl EchoConn for TtConn {
         let message = match payload {
             Payload::Text(text) => Message::Text(Utf8Bytes::from_static(text)),
             Payload::Binary(data) => Message::Binary(data.clone()),
+            Payload::Ticks(ticks) => Message::Text(Utf8Bytes::from_static(ticks.next())),
         };
         self.ws
             .feed(message)
