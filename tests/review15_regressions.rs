@@ -248,3 +248,76 @@ async fn control_extensions_header_of_empty_elements_is_accepted() {
     .expect("connect resolves in time");
     assert!(result.is_ok(), "{:?}", result.err());
 }
+
+/// The `minch` command-line client.
+#[cfg(feature = "cli")]
+mod cli {
+    use std::{
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use super::support::{close_frame, scripted_ws_server, text_frame, Handshake, Step};
+    use super::SECRET;
+
+    /// Runs `minch` to its end (killed after 20 s), returning stdout and stderr.
+    fn run(args: &[&str]) -> (Option<i32>, String, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_minch"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start minch");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("output");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// The library treats subprotocols as secrets (`ConnectOptions`' `Debug` shows a count,
+    /// its errors name them by position: "some services carry a token in one", e.g.
+    /// Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`), but the CLI prints the
+    /// subprotocol the server selected — the offered one, token included — in its default
+    /// status line on every connect (`connected to … (HTTP 101, subprotocol …)`,
+    /// `handle_connect` in src/bin/minch/session.rs), into terminals, CI logs and
+    /// screen recordings. Fix: print the subprotocol's position among those offered (or only
+    /// with `--verbose`, redacted past a length), not its text.
+    #[test]
+    fn cli_prints_a_token_carrying_subprotocol() {
+        let token = format!("base64url.bearer.authorization.k8s.io.{SECRET}");
+        let server = scripted_ws_server(vec![
+            Step::Handshake(Handshake::new().header("Sec-WebSocket-Protocol", &token)),
+            Step::Send(text_frame("hello")),
+            Step::WaitClose(Duration::from_secs(5)),
+            Step::Send(close_frame(Some(1000), "")),
+            Step::Close,
+        ]);
+        let url = server.url("/");
+        let (code, stdout, stderr) = run(&[
+            &url,
+            "--subprotocol",
+            &token,
+            "--no-stdin",
+            "--no-compression",
+            "-n",
+            "1",
+        ]);
+        assert!(stdout.contains("hello"), "{code:?}\n{stdout}\n{stderr}");
+        assert!(
+            !stdout.contains(SECRET) && !stderr.contains(SECRET),
+            "the CLI printed the subprotocol's token:\n{stderr}"
+        );
+    }
+}
