@@ -321,3 +321,97 @@ mod cli {
         );
     }
 }
+
+/// The limits at their smallest allowed values still let traffic through: `max_queue` 1,
+/// `max_queue_bytes` 1 (messages larger than it are queued one at a time),
+/// `max_buffered_bytes` 1 (a 1000-byte frame is still written), `max_frame_size` 125 and
+/// `max_message_size` 1 at their edges.
+#[actix_rt::test]
+async fn control_smallest_limits_still_pass_traffic() {
+    let many: Vec<u8> = (0..5)
+        .flat_map(|i| support::text_frame(&format!("{i}{}", "x".repeat(99))))
+        .collect();
+    let server = scripted_ws_server(vec![
+        Step::Handshake(Handshake::new()),
+        Step::Send(many),
+        Step::ReadFrames(1, WAIT),
+        Step::Sleep(Duration::from_secs(2)),
+    ]);
+    let options = ConnectOptions::default()
+        .compression(None)
+        .max_queue(1)
+        .max_queue_bytes(1)
+        .max_buffered_bytes(1);
+    let (connection, mut frames) = actix_rt::time::timeout(
+        WAIT,
+        minch::connect(server.url("/"), Vec::<(String, String)>::new(), options),
+    )
+    .await
+    .expect("connect resolves in time")
+    .expect("connects");
+    for i in 0..5 {
+        let frame = frames.receive_frame(WAIT).await.expect("a frame");
+        assert!(frame.as_text().is_some_and(|t| t.starts_with(&i.to_string())));
+    }
+    actix_rt::time::timeout(WAIT, connection.send_frame(minch::Frame::binary(vec![7u8; 1000])))
+        .await
+        .expect("the send resolves in time")
+        .expect("sent");
+}
+
+/// `max_frame_size` 125: a 125-byte frame passes, a 126-byte one fails with 1009.
+/// `max_message_size` 1: a 1-byte message passes, 1 + 1 bytes in two fragments fails.
+#[actix_rt::test]
+async fn control_frame_and_message_limits_at_their_edges() {
+    let a125 = "a".repeat(125);
+    let a126 = "a".repeat(126);
+    for (limits, stream, passes) in [
+        ((125, 1 << 20), support::text_frame(&a125), true),
+        ((125, 1 << 20), support::text_frame(&a126), false),
+        ((125, 1), support::text_frame("a"), true),
+        (
+            (125, 1),
+            [
+                support::frame_bytes(false, 0x1, b"a"),
+                support::frame_bytes(true, 0x0, b"b"),
+            ]
+            .concat(),
+            false,
+        ),
+    ] {
+        let server = scripted_ws_server(vec![
+            Step::Handshake(Handshake::new()),
+            Step::Send(stream),
+            Step::Sleep(Duration::from_secs(2)),
+        ]);
+        let options = ConnectOptions::default()
+            .compression(None)
+            .max_frame_size(limits.0)
+            .max_message_size(limits.1);
+        let (_connection, mut frames) = actix_rt::time::timeout(
+            WAIT,
+            minch::connect(server.url("/"), Vec::<(String, String)>::new(), options),
+        )
+        .await
+        .expect("connect resolves in time")
+        .expect("connects");
+        let outcome = frames.receive_frame(Duration::from_secs(1)).await;
+        if passes {
+            assert!(outcome.is_ok(), "{limits:?}: {outcome:?}");
+        } else {
+            let reason = match &outcome {
+                Err(ReceiveError::Closed(reason)) => reason,
+                other => panic!("{limits:?}: {other:?}"),
+            };
+            assert!(
+                matches!(
+                    reason.error(),
+                    Some(Error::Protocol(
+                        ProtocolError::FrameTooLarge { .. } | ProtocolError::MessageTooLarge { .. }
+                    ))
+                ),
+                "{limits:?}: {reason:?}"
+            );
+        }
+    }
+}
