@@ -67,7 +67,9 @@ pub struct Deflate {
     /// The largest window to ask the server to compress with (`server_max_window_bits`), which
     /// bounds the client's inflate window and so its memory. Default: `None`, not asked (the
     /// server may use up to 15, 32 KiB). Allowed: `None`, or 8 to 15. A server that cannot
-    /// honour it declines compression altogether (RFC 7692 §7.1.2.1).
+    /// honour it declines compression altogether (RFC 7692 §7.1.2.1); one that accepts
+    /// compression but leaves the parameter out of its answer fails the handshake with
+    /// [`Error::Extension`], rather than leaving a 32 KiB window in place unseen.
     pub server_max_window_bits: Option<u8>,
     /// Compress every message on its own (`client_no_context_takeover`), at some cost in
     /// compression ratio: for servers short of memory, which then need no context per client.
@@ -75,7 +77,9 @@ pub struct Deflate {
     pub client_no_context_takeover: bool,
     /// Ask the server to compress every message on its own (`server_no_context_takeover`): the
     /// client's inflater then holds no context, and is given back when the connection goes
-    /// idle. Default: `false`.
+    /// idle. Default: `false`. As with `server_max_window_bits`, a server that accepts
+    /// compression but leaves this out of its answer fails the handshake with
+    /// [`Error::Extension`].
     pub server_no_context_takeover: bool,
     /// zlib's memory level for the compressor: how much memory it uses for its hash table and
     /// buffers (1 least, 9 most). Default: 5, as Python `websockets`. Allowed: 1 to 9.
@@ -335,9 +339,24 @@ impl Deflate {
                 }
             }
         }
-        // A server that accepts `server_no_context_takeover` says so (RFC 7692 §7.1.1.1). If it
-        // leaves it out, the client inflates with context kept, which decodes the stream either
-        // way: there is nothing to fail for.
+        // A server accepts an offer of `server_no_context_takeover` or `server_max_window_bits`
+        // by answering with it (RFC 7692 §7.1.1.1, §7.1.2.1); one that cannot honour them must
+        // decline compression. An answer that leaves them out would have the client keep a
+        // context or a window larger than the user asked for, to save memory, without a sign.
+        if self.server_no_context_takeover && !seen.contains(&"server_no_context_takeover") {
+            return Err(extension_error(
+                "server_no_context_takeover",
+                "offered, but left out of the server's answer (a server that cannot honour it \
+                 must decline compression)",
+            ));
+        }
+        if self.server_max_window_bits.is_some() && !seen.contains(&"server_max_window_bits") {
+            return Err(extension_error(
+                "server_max_window_bits",
+                "offered, but left out of the server's answer (a server that cannot honour it \
+                 must decline compression)",
+            ));
+        }
         Ok(agreed)
     }
 }
@@ -473,11 +492,13 @@ mod tests {
 
     #[test]
     fn accepts_every_valid_answer() {
-        let offer = Deflate::default().server_max_window_bits(Some(12));
-        let agreed = accept(&offer, "permessage-deflate").unwrap().unwrap();
+        let plain = Deflate::default();
+        let agreed = accept(&plain, "permessage-deflate").unwrap().unwrap();
         assert_eq!(agreed.client_window_bits, 15);
         assert_eq!(agreed.server_window_bits, 15);
         assert!(!agreed.client_no_context_takeover && !agreed.server_no_context_takeover);
+
+        let offer = Deflate::default().server_max_window_bits(Some(12));
 
         let agreed = accept(
             &offer,
@@ -492,7 +513,7 @@ mod tests {
 
         // A quoted value is unescaped first.
         let agreed = accept(
-            &offer,
+            &plain,
             r#"permessage-deflate; client_max_window_bits="1\0""#,
         )
         .unwrap()
@@ -500,11 +521,41 @@ mod tests {
         assert_eq!(agreed.client_window_bits, 10);
 
         // Split over two header lines, with an empty list element.
-        let agreed = offer
+        let agreed = plain
             .accept(&[b"", b" ,permessage-deflate;client_max_window_bits=9"])
             .unwrap()
             .unwrap();
         assert_eq!(agreed.client_window_bits, 9);
+    }
+
+    #[test]
+    fn server_parameters_asked_for_must_be_answered() {
+        // RFC 7692 §7.1.1.1, §7.1.2.1: a server accepts them by answering with them.
+        let window = Deflate::default().server_max_window_bits(Some(9));
+        let error = accept(&window, "permessage-deflate").unwrap_err();
+        assert!(
+            matches!(&error, Error::Extension { parameter, .. } if parameter == "server_max_window_bits"),
+            "{error:?}"
+        );
+        let agreed = accept(&window, "permessage-deflate; server_max_window_bits=8")
+            .unwrap()
+            .unwrap();
+        assert_eq!(agreed.server_window_bits, 8);
+
+        let fresh = Deflate::default().server_no_context_takeover(true);
+        let error = accept(&fresh, "permessage-deflate; client_max_window_bits=15").unwrap_err();
+        assert!(
+            matches!(&error, Error::Extension { parameter, .. } if parameter == "server_no_context_takeover"),
+            "{error:?}"
+        );
+        assert!(
+            accept(&fresh, "permessage-deflate; server_no_context_takeover")
+                .unwrap()
+                .unwrap()
+                .server_no_context_takeover
+        );
+        // Declining altogether is still fine.
+        assert_eq!(accept(&fresh, "").unwrap(), None);
     }
 
     #[test]

@@ -647,7 +647,8 @@ impl fmt::Debug for ConnectOptions {
             .field("upgrade_timeout", &self.upgrade_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("subprotocols", &self.subprotocols.len())
-            .field("origin", &self.origin)
+            // An origin is a URL; like the request's, shown without credentials or query values.
+            .field("origin", &self.origin.as_deref().map(redact_url))
             .field("max_frame_size", &self.max_frame_size)
             .field("max_message_size", &self.max_message_size)
             .field("ping_interval", &self.ping_interval)

@@ -220,12 +220,29 @@ pub(crate) fn parse_headers(
                 name: name.clone(),
                 reason: reason.to_owned(),
             };
-            let parsed_name = HeaderName::try_from(name.as_str())
-                .map_err(|_| invalid("not a valid header name"))?;
+            let Ok(parsed_name) = HeaderName::try_from(name.as_str()) else {
+                // A name that does not parse is often a whole header line
+                // (`"Authorization: Bearer …"`) or a swapped name and value: show only its
+                // valid start, never what may be the secret after it.
+                return Err(Error::InvalidHeader {
+                    name: shown_name_start(name),
+                    reason: "not a valid header name (a name alone, such as \"Authorization\", \
+                             without ':' or the value; shown up to its first invalid character)"
+                        .to_owned(),
+                });
+            };
             if parsed_name == header::SEC_WEBSOCKET_EXTENSIONS {
                 return Err(invalid(
                     "minch negotiates extensions itself; set permessage-deflate's parameters \
                      with ConnectOptions::compression",
+                ));
+            }
+            if parsed_name == header::SEC_WEBSOCKET_PROTOCOL {
+                // The server's choice is checked against the offer, which this header would
+                // bypass; and subprotocols often carry tokens, which minch keeps out of logs.
+                return Err(invalid(
+                    "offer subprotocols with ConnectOptions::subprotocol, which checks the \
+                     server's choice against them",
                 ));
             }
             let mut parsed_value = HeaderValue::try_from(value.as_str())
@@ -237,6 +254,18 @@ pub(crate) fn parse_headers(
             Ok((parsed_name, parsed_value))
         })
         .collect()
+}
+
+/// The start of an invalid header name, up to its first character that cannot be in one
+/// (at most 64 characters).
+fn shown_name_start(name: &str) -> String {
+    let valid = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let start: String = name.chars().take_while(|&c| valid(c)).take(64).collect();
+    if start.len() < name.len() {
+        format!("{start}…")
+    } else {
+        start
+    }
 }
 
 fn is_secret(name: &HeaderName) -> bool {
@@ -267,10 +296,13 @@ fn check_subprotocol(response: &Response, offered: &[String]) -> Result<(), Erro
         return Err(Error::Handshake(reason.into()));
     }
     if let Some(chosen) = response.headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
-        let chosen = chosen.to_str().unwrap_or_default();
-        if !offered.iter().any(|protocol| protocol == chosen) {
+        let chosen = chosen.as_bytes();
+        if !offered.iter().any(|protocol| protocol.as_bytes() == chosen) {
+            // Not shown: subprotocols may carry tokens (the server may echo a near-copy of one).
             return Err(Error::Handshake(format!(
-                "the server selected subprotocol {chosen:?}, which was not offered"
+                "the server selected a subprotocol that was not offered ({} bytes; offer it \
+                 with ConnectOptions::subprotocol)",
+                chosen.len()
             )));
         }
     }
@@ -371,5 +403,20 @@ mod tests {
         assert!(!error.to_string().contains("evil"));
         let bad_name = vec![("bad name".to_string(), "v".to_string())];
         assert!(parse_headers(&bad_name).is_err());
+    }
+
+    #[test]
+    fn an_invalid_header_name_is_shown_up_to_its_first_invalid_character() {
+        let shown = |name: &str| match parse_headers(&[(name.to_owned(), String::new())]) {
+            Err(Error::InvalidHeader { name, .. }) => name,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(shown("Authorization: Bearer abc"), "Authorization…");
+        assert_eq!(shown(" leading"), "…");
+        assert_eq!(shown(""), "");
+        assert_eq!(
+            shown(&format!("{}:", "x".repeat(100))),
+            format!("{}…", "x".repeat(64))
+        );
     }
 }

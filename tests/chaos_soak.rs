@@ -29,7 +29,8 @@
 //! (`do_send`), simple-API clients ([`minch::connect`]) and blocking-API clients
 //! ([`minch::blocking::connect`], a thread each). Each sends messages `"<client> <connection>
 //! <seq> <padding>"` at a random pace, now and then a large one (8–48 KiB). Actor clients
-//! reconnect by themselves after [`minch::backoff_duration`] (100 ms to 3 s, factor 1.5); simple and blocking
+//! reconnect by themselves after [`minch::reconnect_delay`] (the backoff, 100 ms to 3 s, factor 1.5,
+//! or a 503's `Retry-After` when longer); simple and blocking
 //! clients open a new connection when theirs ends, and close it themselves now and then. The
 //! connection number is in the request path, so the server knows it.
 //!
@@ -54,7 +55,7 @@
 //!    connection *c* was current" means the client's connection number was *c* both before the
 //!    send and after its answer; when a reconnect came in between, the `Ok` is only counted.)
 //! 6. **Reconnect delays follow the backoff**: for every actor reconnect, the time from
-//!    `handle_disconnect` returning `backoff_duration(attempt, ..)` to the next `connect` is never earlier
+//!    `handle_disconnect` returning `reconnect_delay(.., attempt, ..)` to the next `connect` is never earlier
 //!    than that delay (minus [`EARLY_TOLERANCE`]) and late by less than [`LATE_BOUND`]. The
 //!    lateness distribution is printed. The bound is loose on purpose: a debug build on a
 //!    2-core machine shared with other tests can starve an arbiter for a second or more; what
@@ -88,7 +89,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use minch::{
-    backoff_duration, BackoffOptions, Client, ClientContext, ConnectOptions, ConnectRequest,
+    reconnect_delay, BackoffOptions, Client, ClientContext, ConnectOptions, ConnectRequest,
     DisconnectReason, Error, Frame, MinchHandler, Reconnect, Reply, Response, SendError, SendFrame,
     StopReason,
 };
@@ -880,7 +881,7 @@ impl MinchHandler for SoakHandler {
 
     fn handle_disconnect(
         &mut self,
-        _reason: &DisconnectReason,
+        reason: &DisconnectReason,
         attempt: u32,
         _ctx: &mut ClientContext<'_, Self>,
     ) -> Reconnect {
@@ -895,7 +896,9 @@ impl MinchHandler for SoakHandler {
                 .fetch_add(1, Ordering::SeqCst);
             self.failures = attempt;
         }
-        let delay = backoff_duration(attempt, backoff_options());
+        // What the default handle_disconnect does, with the soak's faster schedule: the
+        // backoff, or the 503's `Retry-After` when it asks for longer.
+        let delay = reconnect_delay(reason.error(), attempt, backoff_options());
         self.waiting = Some((Instant::now(), delay));
         Reconnect::After(delay)
     }

@@ -73,19 +73,14 @@ async fn invalid_header_name_echoes_a_credential_in_the_error() {
 
 /// A subprotocol offered through a request header (`Sec-WebSocket-Protocol`, the way many
 /// clients and most examples for Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`
-/// do it) is sent, but minch checks the server's choice only against
-/// `ConnectOptions::subprotocols`: a server that accepts the offered subprotocol fails the
-/// handshake with "the server selected subprotocol "…<token>", which was not offered" — so
-/// the connection cannot be made, and the bearer token is printed in the error (which the
-/// default `handle_disconnect` logs at error level). The header value is not even marked
-/// sensitive (its name holds neither `token` nor `key`).
+/// do it) was sent, but minch checked the server's choice only against
+/// `ConnectOptions::subprotocols`: a server that accepted it failed the handshake with
+/// "the server selected subprotocol "…<token>", which was not offered", printing the token.
 ///
-/// `parse_headers` (src/transport.rs) already refuses `Sec-WebSocket-Extensions` for the same
-/// reason (minch negotiates it itself); it should refuse `Sec-WebSocket-Protocol` too, pointing
-/// at `ConnectOptions::subprotocol` (or count it as offered), and `check_subprotocol` should not
-/// echo the chosen value.
+/// Fixed by refusing the header up front, as `Sec-WebSocket-Extensions` is, pointing at
+/// `ConnectOptions::subprotocol`: nothing is sent, and the error shows no token.
 #[actix_rt::test]
-async fn subprotocol_given_as_header_fails_the_handshake_and_prints_the_token() {
+async fn subprotocol_given_as_header_is_refused_without_showing_the_token() {
     let token = format!("base64url.bearer.authorization.k8s.io.{SECRET}");
     let server = scripted_ws_server(vec![
         Step::Handshake(Handshake::new().header("Sec-WebSocket-Protocol", &token)),
@@ -101,24 +96,71 @@ async fn subprotocol_given_as_header_fails_the_handshake_and_prints_the_token() 
     )
     .await
     .expect("connect resolves in time");
+    match result {
+        Err(error @ Error::InvalidHeader { .. }) => {
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("ConnectOptions::subprotocol"), "{shown}");
+        }
+        other => panic!("expected Error::InvalidHeader, got {:?}", other.err()),
+    }
     let requests = server.requests();
     assert!(
-        requests.iter().any(|head| head.contains(SECRET)),
-        "the header was sent: {requests:?}"
+        requests.iter().all(|head| !head.contains(SECRET)),
+        "the refused header was sent: {requests:?}"
     );
-    match result {
-        Ok(_) => {}
-        Err(error @ Error::InvalidHeader { .. }) => {
-            // Refusing the header up front (like Sec-WebSocket-Extensions) would be fine, as
-            // long as it shows no token; but then nothing should have been sent.
-            assert!(!error.to_string().contains(SECRET), "{error}");
-            panic!("the header was refused, yet sent: {requests:?}");
-        }
-        Err(error) => panic!(
-            "a server accepting the subprotocol the client offered failed the handshake; \
-             the error shows the token: {}: {error}",
-            error.to_string().contains(SECRET)
+}
+
+/// The same subprotocol offered through `ConnectOptions::subprotocol` connects.
+#[actix_rt::test]
+async fn control_subprotocol_offered_through_the_option_connects() {
+    let token = format!("base64url.bearer.authorization.k8s.io.{SECRET}");
+    let server = scripted_ws_server(vec![
+        Step::Handshake(Handshake::new().header("Sec-WebSocket-Protocol", &token)),
+        Step::WaitClose(WAIT),
+    ]);
+    let result = actix_rt::time::timeout(
+        WAIT,
+        minch::connect(
+            server.url("/"),
+            Vec::<(String, String)>::new(),
+            ConnectOptions::default()
+                .compression(None)
+                .subprotocol(token.clone()),
         ),
+    )
+    .await
+    .expect("connect resolves in time");
+    let (connection, _frames) = result.expect("connects");
+    assert_eq!(connection.response().subprotocol(), Some(token.as_str()));
+}
+
+/// A server that selects a subprotocol not offered fails the handshake, and the error does
+/// not show what it selected (it may be a near-copy of a token the client offered).
+#[actix_rt::test]
+async fn an_unoffered_subprotocol_is_refused_without_showing_it() {
+    let server = scripted_ws_server(vec![
+        Step::Handshake(Handshake::new().header("Sec-WebSocket-Protocol", &format!("x.{SECRET}"))),
+        Step::WaitClose(WAIT),
+    ]);
+    let result = actix_rt::time::timeout(
+        WAIT,
+        minch::connect(
+            server.url("/"),
+            Vec::<(String, String)>::new(),
+            ConnectOptions::default()
+                .compression(None)
+                .subprotocol(format!("y.{SECRET}")),
+        ),
+    )
+    .await
+    .expect("connect resolves in time");
+    match result {
+        Err(error @ Error::Handshake(_)) => {
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+        other => panic!("expected Error::Handshake, got {:?}", other.err()),
     }
 }
 
@@ -351,12 +393,17 @@ async fn control_smallest_limits_still_pass_traffic() {
     .expect("connects");
     for i in 0..5 {
         let frame = frames.receive_frame(WAIT).await.expect("a frame");
-        assert!(frame.as_text().is_some_and(|t| t.starts_with(&i.to_string())));
+        assert!(frame
+            .as_text()
+            .is_some_and(|t| t.starts_with(&i.to_string())));
     }
-    actix_rt::time::timeout(WAIT, connection.send_frame(minch::Frame::binary(vec![7u8; 1000])))
-        .await
-        .expect("the send resolves in time")
-        .expect("sent");
+    actix_rt::time::timeout(
+        WAIT,
+        connection.send_frame(minch::Frame::binary(vec![7u8; 1000])),
+    )
+    .await
+    .expect("the send resolves in time")
+    .expect("sent");
 }
 
 /// `max_frame_size` 125: a 125-byte frame passes, a 126-byte one fails with 1009.

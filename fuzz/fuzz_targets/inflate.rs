@@ -45,12 +45,14 @@ fuzz_target!(|data: &[u8]| {
     assert!((8..=15).contains(&client_bits) && client_bits <= offer.client_max_window_bits);
     assert!((8..=15).contains(&server_bits));
     if let Some(asked) = offer.server_max_window_bits {
-        // An answer without `server_max_window_bits` leaves the window at 15, which inflates
-        // whatever the server sends; one that names a window may not exceed the one asked for.
+        // An accepted answer names a window, no larger than the one asked for.
         assert!(
-            server_bits == 15 || server_bits <= asked,
+            server_bits <= asked,
             "the server's window is over the one asked for"
         );
+    }
+    if offer.server_no_context_takeover {
+        assert!(params.3, "server_no_context_takeover asked for, but not agreed");
     }
 
     let split = stream.len() / 3;

@@ -210,17 +210,41 @@ impl Codec {
         let message_so_far = match (header.opcode, &self.message) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             // A compressed message's size is known only once inflated: the decompressor
-            // checks it, chunk by chunk.
-            (OpCode::Continuation, Some(message)) if message.compressed => return Ok(()),
+            // checks it, chunk by chunk. Its frames are bounded here.
+            (OpCode::Continuation, Some(message)) if message.compressed => {
+                return self.check_compressed_frame(header, message.data.len());
+            }
             (OpCode::Continuation, Some(message)) => message.data.len() as u64,
             (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
-            (_, None) if header.rsv & RSV1 != 0 => return Ok(()),
+            (_, None) if header.rsv & RSV1 != 0 => return self.check_compressed_frame(header, 0),
             (_, None) => 0,
         };
         let message_size = message_so_far + header.payload_len;
         if message_size > self.limits.max_message_size as u64 {
             return Err(ProtocolError::MessageTooLarge {
                 size: message_size,
+                max: self.limits.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// A compressed frame is buffered whole before it is inflated, so it too is bounded from
+    /// its header, by what is left of `max_message_size` (`inflated_so_far` is the message's
+    /// inflated size before this frame). Deflate makes data at most a few bytes per 16 KiB
+    /// longer (stored blocks); an eighth more, plus 1 KiB per frame for flush markers, is
+    /// allowed. A longer frame cannot inflate within the limit unless its compressor pads
+    /// on purpose, so it fails with 1009 before its payload is read.
+    fn check_compressed_frame(
+        &self,
+        header: &FrameHeader,
+        inflated_so_far: usize,
+    ) -> Result<(), ProtocolError> {
+        let left = self.limits.max_message_size.saturating_sub(inflated_so_far) as u64;
+        let bound = left.saturating_add(left / 8).saturating_add(1024);
+        if header.payload_len > bound {
+            return Err(ProtocolError::MessageTooLarge {
+                size: (inflated_so_far as u64).saturating_add(header.payload_len),
                 max: self.limits.max_message_size,
             });
         }
@@ -789,6 +813,45 @@ mod tests {
             "capacity {}",
             buf.capacity()
         );
+    }
+
+    /// A compressed frame's header is held to what is left of the message limit, plus an
+    /// eighth and 1 KiB: at the bound it is awaited, one byte over it fails at once.
+    #[test]
+    fn a_compressed_frame_header_is_bounded_by_the_message_limit() {
+        let agreed = crate::Deflate::default()
+            .accept(&[b"permessage-deflate"])
+            .unwrap();
+        let header = |len: u64| {
+            let mut header = vec![0x80 | 0x40 | TEXT, 127];
+            header.extend_from_slice(&len.to_be_bytes());
+            BytesMut::from(&header[..])
+        };
+        for (max_message_size, bound) in [(4096, 4096 + 512 + 1024), (0, 1024), (1, 1025)] {
+            let limits = Limits {
+                max_frame_size: 1 << 30,
+                max_message_size,
+            };
+            let mut at_bound = Codec::with_compression(limits, agreed);
+            assert_eq!(drain(&mut at_bound, &mut header(bound)), Ok(vec![]));
+            let mut over = Codec::with_compression(limits, agreed);
+            assert_eq!(
+                drain(&mut over, &mut header(bound + 1)),
+                Err(ProtocolError::MessageTooLarge {
+                    size: bound + 1,
+                    max: max_message_size
+                })
+            );
+        }
+        // The largest limit does not overflow the bound.
+        let mut unbounded = Codec::with_compression(
+            Limits {
+                max_frame_size: usize::MAX,
+                max_message_size: usize::MAX,
+            },
+            agreed,
+        );
+        assert_eq!(drain(&mut unbounded, &mut header(1 << 62)), Ok(vec![]));
     }
 
     #[test]

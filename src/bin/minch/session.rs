@@ -148,9 +148,13 @@ impl MinchHandler for Session {
     }
 
     fn handle_connect(&mut self, response: &Response, _ctx: &mut ClientContext<'_, Self>) -> Reply {
+        // By its place among those offered, not its text: some subprotocols carry a token
+        // (Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`).
+        let offered = &self.settings.request.options.subprotocols;
         let subprotocol = response
             .subprotocol()
-            .map(|protocol| format!(", subprotocol {protocol}"))
+            .and_then(|chosen| offered.iter().position(|p| p == chosen))
+            .map(|at| format!(", subprotocol #{} of the {} offered", at + 1, offered.len()))
             .unwrap_or_default();
         self.printer.status(&format!(
             "connected to {} (HTTP {}{subprotocol})",
