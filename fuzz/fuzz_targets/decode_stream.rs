@@ -5,6 +5,7 @@
 //! the rest is the stream. Checks:
 //! - no panic, no hang;
 //! - memory: the read buffer never grows far past what was fed plus one reserve step;
+//! - every accepted frame within the limits, every close code one a peer may send;
 //! - the frames (and the first error) do not depend on where the reads end;
 //! - every accepted message re-encodes as unmasked server frames (fragmented to fit
 //!   `max_frame_size`) that decode to the same frames;
@@ -145,7 +146,16 @@ fn payload_len(frame: &Frame) -> usize {
     }
 }
 
+/// What every accepted frame must satisfy: the limits, and for a close frame a code a peer
+/// may send (RFC 6455 §7.4: 1000–1003, 1007–1014 as registered, 3000–4999).
 fn check_limits(frame: &Frame, max_frame_size: usize, max_message_size: usize) {
+    if let Frame::Close(Some(close)) = frame {
+        assert!(
+            matches!(close.code.0, 1000..=1003 | 1007..=1014 | 3000..=4999),
+            "close code {} accepted",
+            close.code.0
+        );
+    }
     let len = payload_len(frame);
     match frame {
         Frame::Text(_) | Frame::Binary(_) => assert!(len <= max_message_size, "{len} bytes"),

@@ -52,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if offer.server_no_context_takeover {
-        assert!(params.3, "server_no_context_takeover asked for, but not agreed");
+        assert!(
+            params.3,
+            "server_no_context_takeover asked for, but not agreed"
+        );
     }
 
     let split = stream.len() / 3;
