@@ -256,16 +256,21 @@ async fn pump(
             return Ended::Closed;
         }
         let reading = now.mode != ProxyMode::Pause;
+        // Bytes are dropped only when the read began black-holing. What was read while passing
+        // is forwarded even if `pause()` came in meanwhile: dropping it corrupted the stream
+        // (seen on a loaded machine, where the read won the race with the pause).
         tokio::select! {
             r = from.read(&mut buffer), if reading => match r {
                 Ok(0) => {
-                    if ctl.borrow().mode == ProxyMode::Pass {
+                    if now.mode != ProxyMode::Blackhole {
                         let _ = to.shutdown().await;
                     }
                     return Ended::Eof;
                 }
                 Ok(n) => {
-                    if ctl.borrow().mode == ProxyMode::Pass && to.write_all(&buffer[..n]).await.is_err() {
+                    if now.mode != ProxyMode::Blackhole
+                        && to.write_all(&buffer[..n]).await.is_err()
+                    {
                         return reset(&from, &to);
                     }
                 }
