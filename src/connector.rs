@@ -29,7 +29,8 @@ use futures_util::future::{poll_fn, LocalBoxFuture};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
-    error::{Rejection, Timeout},
+    error::{ProxyError, Rejection, Timeout},
+    proxy::{open_tunnel, ProxyEndpoint},
     Error,
 };
 
@@ -517,7 +518,31 @@ pub(crate) struct Connector {
     connect_timeout: Duration,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls_timeout: Duration,
+    proxy: Option<Rc<ProxyEndpoint>>,
     handshake: Rc<Handshake>,
+}
+
+/// Where the TCP connection goes when there is a proxy.
+struct ProxyAddress {
+    host: String,
+    port: u16,
+}
+
+impl actix_tls::connect::Host for ProxyAddress {
+    fn hostname(&self) -> &str {
+        &self.host
+    }
+
+    fn port(&self) -> Option<u16> {
+        Some(self.port)
+    }
+}
+
+/// Why the connection could not be opened: as awc's connector says it (direct connections, where
+/// awc's own classification applies), or as minch says it (through a proxy).
+enum Failed {
+    Tcp(ConnectError),
+    Minch(Error),
 }
 
 impl Connector {
@@ -532,8 +557,16 @@ impl Connector {
             tls: None,
             connect_timeout,
             tls_timeout,
+            proxy: None,
             handshake,
         }
+    }
+
+    /// Through this proxy: TCP to the proxy, then a tunnel to the URL's host, both within
+    /// `connect_timeout`.
+    pub(crate) fn proxy(mut self, proxy: ProxyEndpoint) -> Self {
+        self.proxy = Some(Rc::new(proxy));
+        self
     }
 
     /// TLS over the TCP connection, checked against the URL's host.
@@ -552,12 +585,21 @@ impl Service<ConnectInfo<Uri>> for Connector {
     actix_service::always_ready!();
 
     fn call(&self, request: ConnectInfo<Uri>) -> Self::Future {
-        let connecting = self.tcp.call(request);
         let this = self.clone();
         Box::pin(async move {
             let handshake = &this.handshake;
+            let connecting = async {
+                match &this.proxy {
+                    None => this.tcp.call(request).await.map_err(Failed::Tcp),
+                    Some(proxy) => this.tunnel(proxy, request).await.map_err(Failed::Minch),
+                }
+            };
             let tcp = match actix_rt::time::timeout(this.connect_timeout, connecting).await {
-                Ok(tcp) => tcp?,
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(Failed::Tcp(error))) => return Err(error),
+                Ok(Err(Failed::Minch(error))) => {
+                    return Err(handshake.fail(error, io::ErrorKind::ConnectionRefused))
+                }
                 Err(_) => {
                     let error = Error::Timeout(Timeout::Connect);
                     return Err(handshake.fail(error, io::ErrorKind::TimedOut));
@@ -601,6 +643,41 @@ impl Service<ConnectInfo<Uri>> for Connector {
             };
             Ok(connection.replace_io(stream).1)
         })
+    }
+}
+
+impl Connector {
+    /// TCP to the proxy and a tunnel through it to the host `request` names; the connection
+    /// comes back as if made to that host, so TLS checks the host's name.
+    async fn tunnel(
+        &self,
+        proxy: &ProxyEndpoint,
+        request: ConnectInfo<Uri>,
+    ) -> Result<Connection<Uri, TcpStream>, Error> {
+        let unreachable = |reason: String| Error::Proxy {
+            proxy: proxy.shown(),
+            error: ProxyError::Unreachable(reason),
+        };
+        let to_proxy = self
+            .tcp
+            .call(ConnectInfo::new(ProxyAddress {
+                host: proxy.host.clone(),
+                port: proxy.port,
+            }))
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        let (tcp, _) = to_proxy.into_parts();
+        let host = request
+            .hostname()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        log::debug!(
+            "opening a tunnel through {} to port {}",
+            proxy.shown(),
+            request.port()
+        );
+        let tunnel = open_tunnel(proxy, tcp, host, request.port()).await?;
+        Ok(Connection::new(request.request().clone(), tunnel))
     }
 }
 

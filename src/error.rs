@@ -44,6 +44,14 @@ pub enum Error {
     Connect(String),
     /// The TLS handshake failed (e.g. the certificate is not trusted).
     Tls(String),
+    /// The connection through a proxy could not be made (see [`Proxy`](crate::Proxy)). Like
+    /// [`Connect`](Self::Connect), a reason to retry with backoff.
+    Proxy {
+        /// The proxy, as `scheme://host:port`: never with its credentials.
+        proxy: String,
+        /// What went wrong.
+        error: ProxyError,
+    },
     /// The URL is `wss://`, but minch was built without its `tls` feature, so it speaks
     /// `ws://` only. Enable the feature (it is on by default; `default-features = false` turns
     /// it off) or use a `ws://` URL. A configuration error: [`is_config`](Self::is_config).
@@ -83,11 +91,76 @@ pub enum Error {
     Send(SendError),
 }
 
+/// Why a connection through a proxy failed ([`Error::Proxy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The proxy's name could not be resolved or the TCP connection to it failed.
+    Unreachable(String),
+    /// The HTTP proxy answered `407 Proxy Authentication Required`: no credentials were given,
+    /// or not the right ones.
+    AuthenticationRequired,
+    /// The HTTP proxy refused to open the tunnel with this status: often 403 (the destination is
+    /// not allowed) or 502 (the proxy could not reach the server).
+    Refused(StatusCode),
+    /// The SOCKS5 proxy could not or would not connect to the server, with this reply code
+    /// (RFC 1928 §6): 1 general failure, 2 not allowed by its rules, 3 network unreachable,
+    /// 4 host unreachable, 5 connection refused, 6 TTL expired, 7 command not supported,
+    /// 8 address type not supported.
+    SocksReply(u8),
+    /// The SOCKS5 proxy did not accept the credentials, or asks for credentials and none were
+    /// given (or the other way round).
+    SocksAuthentication,
+    /// The proxy's answer is not valid HTTP or SOCKS5, or the proxy closed the connection
+    /// before answering.
+    Protocol(String),
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Unreachable(reason) => write!(f, "it could not be reached: {reason}"),
+            ProxyError::AuthenticationRequired => f.write_str(
+                "it asks for credentials (407 Proxy Authentication Required); give them in the \
+                 proxy URL, http://user:password@host:port, or check the ones given",
+            ),
+            ProxyError::Refused(status) => write!(
+                f,
+                "it refused to open a tunnel to the server with HTTP {status}; check that it \
+                 allows connections to this host and port"
+            ),
+            ProxyError::SocksReply(code) => {
+                let meaning = match code {
+                    1 => "general failure",
+                    2 => "connection not allowed by its rules",
+                    3 => "network unreachable",
+                    4 => "host unreachable",
+                    5 => "connection refused by the server",
+                    6 => "TTL expired",
+                    7 => "command not supported",
+                    8 => "address type not supported",
+                    _ => "unknown reply",
+                };
+                write!(
+                    f,
+                    "it could not connect to the server: {meaning} (SOCKS5 reply {code})"
+                )
+            }
+            ProxyError::SocksAuthentication => f.write_str(
+                "it did not accept the credentials, or wants some and none were given; check \
+                 the user name and password in the proxy URL",
+            ),
+            ProxyError::Protocol(reason) => write!(f, "its answer is not valid: {reason}"),
+        }
+    }
+}
+
 /// Which step of a connection's life took too long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Timeout {
-    /// Resolving the host and opening the TCP connection.
+    /// Resolving the host and opening the TCP connection; through a proxy, reaching the proxy
+    /// and opening the tunnel.
     Connect,
     /// The TLS handshake.
     Tls,
@@ -166,13 +239,16 @@ impl fmt::Display for Error {
                 f,
                 "TLS handshake failed: {reason}; to trust a private CA add it with TlsOptions::add_root_certificate"
             ),
+            Error::Proxy { proxy, error } => {
+                write!(f, "could not connect through the proxy {proxy}: {error}")
+            }
             Error::TlsNotEnabled { url } => write!(
                 f,
                 "cannot connect to {url:?}: wss:// needs TLS, but minch was built without its \"tls\" feature; enable it (it is a default feature: add features = [\"tls\"] to the minch dependency, or drop default-features = false) or use a ws:// URL"
             ),
             Error::Timeout(Timeout::Connect) => write!(
                 f,
-                "timed out resolving the host or opening the TCP connection; raise ConnectOptions::connect_timeout or check the network"
+                "timed out resolving the host or opening the TCP connection (or the tunnel through the proxy); raise ConnectOptions::connect_timeout or check the network"
             ),
             Error::Timeout(Timeout::Tls) => write!(
                 f,

@@ -153,6 +153,7 @@
 //! | [`max_queue`](ConnectOptions::max_queue) / [`max_queue_bytes`](ConnectOptions::max_queue_bytes) (simple and blocking APIs) | 1 024 messages / 16 MiB | at least 1 |
 //! | [`max_frame_size`](ConnectOptions::max_frame_size) / [`max_message_size`](ConnectOptions::max_message_size) | 16 MiB / 64 MiB | at least 125 / at least 1 |
 //! | [`compression`](ConnectOptions::compression()) | permessage-deflate offered | a [`Deflate`], or `None` |
+//! | [`proxy`](ConnectOptions::proxy()) | from the environment | a [`Proxy`] |
 //!
 //! A value outside its range is [`Error::InvalidOptions`], naming the option, before any I/O.
 //!
@@ -179,6 +180,12 @@
 //! let off = ConnectOptions::default().compression(None);
 //! # let _ = (lean, off);
 //! ```
+//!
+//! ## Proxies
+//!
+//! Connections go through the proxy the environment names (`https_proxy`, `http_proxy`,
+//! `all_proxy`, minus `no_proxy`), or the one [`ConnectOptions::proxy`] gives: HTTP `CONNECT`
+//! or SOCKS5, with credentials; [`Proxy::None`] connects directly. See [`Proxy`].
 //!
 //! ## TLS
 //!
@@ -216,6 +223,7 @@ mod handler;
 mod inbox;
 mod options;
 mod protocol;
+mod proxy;
 mod simple;
 #[cfg(feature = "tls")]
 mod tls;
@@ -234,11 +242,12 @@ pub use crate::{
     },
     client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
     compression::Deflate,
-    error::{Error, Rejection, SendError, Timeout},
+    error::{Error, ProxyError, Rejection, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},
     handler::{ClientContext, DisconnectReason, MinchHandler, Reconnect, Reply, StopReason},
     options::{redact_url, ConnectOptions, ConnectRequest},
     protocol::ProtocolError,
+    proxy::Proxy,
     simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,
 };

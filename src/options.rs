@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use crate::{compression::Deflate, protocol::Limits, Error};
+use crate::{compression::Deflate, protocol::Limits, proxy::Proxy, Error};
 
 /// What [`MinchHandler::connect`](crate::MinchHandler::connect) returns before every attempt:
 /// a URL, optionally with request headers and options — Minch's `url`, `{url, headers}` and
@@ -378,6 +378,10 @@ pub struct ConnectOptions {
     /// permessage-deflate compression (RFC 7692) to offer the server, or `None` for none.
     /// Default: offered, with [`Deflate::default`]'s settings. Allowed: see [`Deflate`].
     pub compression: Option<Deflate>,
+    /// The proxy to connect through. Default: [`Proxy::FromEnvironment`], the one
+    /// `https_proxy`/`http_proxy`/`all_proxy` name unless `no_proxy` lists the host. Allowed:
+    /// see [`Proxy`].
+    pub proxy: Proxy,
     /// Whether `pong_timeout` was set through its builder: only then is it a mistake to leave
     /// keepalive off (the default `pong_timeout` is harmless without pings).
     pong_timeout_explicit: bool,
@@ -403,6 +407,7 @@ impl Default for ConnectOptions {
             #[cfg(feature = "tls")]
             tls: TlsOptions::default(),
             compression: Some(Deflate::default()),
+            proxy: Proxy::FromEnvironment,
             pong_timeout_explicit: false,
         }
     }
@@ -516,6 +521,21 @@ impl ConnectOptions {
     /// ```
     pub fn compression(mut self, deflate: impl Into<Option<Deflate>>) -> Self {
         self.compression = deflate.into();
+        self
+    }
+
+    /// Sets [`proxy`](Self::proxy): [`Proxy::url`] to go through that proxy, [`Proxy::None`]
+    /// to connect directly, [`Proxy::FromEnvironment`] (the default) to follow the proxy
+    /// environment variables.
+    ///
+    /// ```
+    /// use minch::{ConnectOptions, Proxy};
+    ///
+    /// let options = ConnectOptions::default().proxy(Proxy::url("socks5h://127.0.0.1:1080"));
+    /// assert_eq!(options.proxy, Proxy::url("socks5h://127.0.0.1:1080"));
+    /// ```
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
         self
     }
 
@@ -656,7 +676,8 @@ impl fmt::Debug for ConnectOptions {
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("max_queue", &self.max_queue)
             .field("max_queue_bytes", &self.max_queue_bytes)
-            .field("compression", &self.compression);
+            .field("compression", &self.compression)
+            .field("proxy", &self.proxy);
         #[cfg(feature = "tls")]
         shown.field("tls", &self.tls);
         shown.finish()

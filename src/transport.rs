@@ -70,6 +70,13 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         options.connect_timeout,
         options.tls_timeout,
     );
+    let origin_host = uri.host().unwrap_or_default();
+    let origin_host = origin_host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let connector = match options.proxy.endpoint_for(secure, origin_host, port)? {
+        Some(proxy) => connector.proxy(proxy),
+        None => connector,
+    };
     #[cfg(feature = "tls")]
     let connector = if secure {
         connector.tls(crate::tls::client_config(&options.tls)?)

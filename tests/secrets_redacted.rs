@@ -17,7 +17,7 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use common::{closed_port, Defaults, Event, Policy, Recorder, WAIT};
-use minch::{Client, Close, ConnectOptions, ConnectRequest, Error, Frame, Timeout};
+use minch::{Client, Close, ConnectOptions, ConnectRequest, Error, Frame, Proxy, Timeout};
 use support::{masked_frame_bytes, scripted_ws_server, Handshake, ServerEvent, Step, TestServer};
 
 const TOKEN: &str = "SECRET123";
@@ -25,7 +25,18 @@ const BEARER: &str = "SECRET456";
 const PASSWORD: &str = "SECRET789";
 const FRAGMENT: &str = "SECRET246";
 const BAD_URL_TOKEN: &str = "SECRET321";
-const SECRETS: [&str; 5] = [TOKEN, BEARER, PASSWORD, FRAGMENT, BAD_URL_TOKEN];
+const PROXY_PASSWORD: &str = "SECRET864";
+/// `user:SECRET864` in base64, as `Proxy-Authorization: Basic` carries it.
+const PROXY_BASIC: &str = "dXNlcjpTRUNSRVQ4NjQ=";
+const SECRETS: [&str; 7] = [
+    TOKEN,
+    BEARER,
+    PASSWORD,
+    FRAGMENT,
+    BAD_URL_TOKEN,
+    PROXY_PASSWORD,
+    PROXY_BASIC,
+];
 
 /// Every log record so far, as `LEVEL target: message`.
 static RECORDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -425,5 +436,108 @@ async fn a_protocol_error_while_connected_shows_no_secret() {
         .wait_for("terminate", WAIT, Event::is_terminate)
         .await;
     assert_no_secret("the events", &events.history());
+    assert_no_secret_in_logs();
+}
+
+/// A proxy on 127.0.0.1 that answers every `CONNECT` with `answer` (nothing if empty), and
+/// the heads it received.
+fn refusing_proxy(answer: &'static str) -> (u16, std::sync::Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                if !answer.is_empty() {
+                    let _ = stream.write_all(answer.as_bytes());
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            });
+        }
+    });
+    (port, heads)
+}
+
+#[actix_rt::test]
+async fn proxy_credentials_are_never_shown() {
+    let server = TestServer::start();
+    let (port, heads) = refusing_proxy(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\
+         Content-Length: 0\r\n\r\n",
+    );
+    let through = |url: String| {
+        secret_request(secret_url(&server))
+            .options(ConnectOptions::default().proxy(Proxy::url(url)))
+    };
+    let (error, actor_error) = fail_both_ways(through(format!(
+        "http://user:{PROXY_PASSWORD}@127.0.0.1:{port}"
+    )))
+    .await;
+    for error in [error, actor_error] {
+        assert!(
+            matches!(
+                error,
+                Error::Proxy {
+                    error: minch::ProxyError::AuthenticationRequired,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+    // The credentials did go to the proxy.
+    let heads = heads.lock().unwrap().clone();
+    assert!(
+        heads.iter().any(|head| head.contains(PROXY_BASIC)),
+        "{heads:?}"
+    );
+
+    // Unreachable, hanging, and malformed in the options: no credentials either.
+    let (error, _) = fail_both_ways(through(format!(
+        "socks5://user:{PROXY_PASSWORD}@127.0.0.1:{}",
+        closed_port()
+    )))
+    .await;
+    assert!(matches!(error, Error::Proxy { .. }), "{error:?}");
+    let (hanging, _) = refusing_proxy("");
+    let request = through(format!("http://user:{PROXY_PASSWORD}@127.0.0.1:{hanging}"));
+    let options = request
+        .options
+        .clone()
+        .connect_timeout(Duration::from_millis(200));
+    let (error, _) = fail_both_ways(request.options(options)).await;
+    assert!(
+        matches!(error, Error::Timeout(Timeout::Connect)),
+        "{error:?}"
+    );
+    let (error, _) = fail_both_ways(through(format!(
+        "http://user:{PROXY_PASSWORD}@127.0.0.1:99999"
+    )))
+    .await;
+    assert!(error.is_config(), "{error:?}");
+    let options = ConnectOptions::default().proxy(Proxy::url(format!(
+        "socks5h://user:{PROXY_PASSWORD}@proxy:1080"
+    )));
+    assert_no_secret("ConnectOptions' Debug", &format!("{options:?}"));
+    assert!(
+        records().iter().any(|r| r.contains("tunnel through")),
+        "no record of a tunnel was captured; the check below would be vacuous"
+    );
     assert_no_secret_in_logs();
 }

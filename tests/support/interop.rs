@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Python `websockets` version installed into the venv.
 pub const PY_WEBSOCKETS_VERSION: &str = "17.4";
+/// pproxy (HTTP and SOCKS5 proxy on asyncio) version installed into the same venv.
+pub const PPROXY_VERSION: &str = "2.7.9";
 /// Node `ws` version installed with npm.
 pub const NODE_WS_VERSION: &str = "8.23.0";
 
@@ -98,6 +100,38 @@ asyncio.run(
         sys.argv[2] if len(sys.argv) > 2 else "default",
     )
 )
+"#;
+
+const PPROXY_PY: &str = r#"# minch proxy tests: pproxy on a free port (written by tests/support)
+import asyncio
+import os
+import socket
+import sys
+import threading
+
+listen, lifetime = sys.argv[1], float(sys.argv[2])
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()
+
+
+def watch_stdin():
+    sys.stdin.buffer.read()
+    os._exit(0)
+
+
+threading.Thread(target=watch_stdin, daemon=True).start()
+threading.Timer(lifetime, lambda: os._exit(0)).start()
+asyncio.set_event_loop(asyncio.new_event_loop())
+# --auth 0: credentials are checked on every connection, not remembered per client address.
+sys.argv = ["pproxy", "-l", listen.replace("PORT", str(port)), "--auth", "0", "-v"]
+from pproxy.server import main
+
+print(port, flush=True)
+# pproxy logs to stdout: send it where the test can read it.
+os.dup2(2, 1)
+main()
 "#;
 
 const ECHO_JS: &str = r#"// minch interop: echo server on Node ws (written by tests/support)
@@ -234,6 +268,31 @@ pub fn python_echo_server_with(compression: PeerCompression) -> Result<ExternalS
     start_child("python-websockets", cmd)
 }
 
+/// Start pproxy listening as `listen` says, with `PORT` in it replaced by a free port:
+/// `http://127.0.0.1:PORT`, `socks5://127.0.0.1:PORT#user:password`,
+/// `http+socks5://127.0.0.1:PORT` (both on one port). Returns once it accepts connections;
+/// its log (`-v`: one line per tunnel, `http 127.0.0.1:x -> host:port`) is in `stderr()`.
+pub fn pproxy(listen: &str) -> Result<ExternalServer, String> {
+    let venv = provision_python()?;
+    let script = write_script(&interop_dir(), "pproxy_server.py", PPROXY_PY)?;
+    let mut cmd = Command::new(venv.join("bin").join("python"));
+    cmd.arg(&script)
+        .arg(listen)
+        .arg(SERVER_LIFETIME_SECS.to_string());
+    let server = start_child("pproxy", cmd)?;
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "pproxy did not accept connections within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                server.stderr()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
 /// Start an echo server on Node `ws` (installed with npm on first use), with its default
 /// settings (no compression).
 pub fn node_echo_server() -> Result<ExternalServer, String> {
@@ -261,7 +320,9 @@ pub fn node_echo_server_with(compression: PeerCompression) -> Result<ExternalSer
 fn provision_python() -> Result<PathBuf, String> {
     static DONE: Mutex<Option<Result<(), String>>> = Mutex::new(None);
     let venv = interop_dir().join("venv");
-    let marker = venv.join(format!(".minch-ready-websockets-{PY_WEBSOCKETS_VERSION}"));
+    let marker = venv.join(format!(
+        ".minch-ready-websockets-{PY_WEBSOCKETS_VERSION}-pproxy-{PPROXY_VERSION}"
+    ));
     // A venv whose interpreter went away (e.g. a different Python now) is provisioned anew.
     if !venv.join("bin").join("python").exists() {
         let _ = fs::remove_file(&marker);
@@ -285,10 +346,14 @@ fn provision_python() -> Result<PathBuf, String> {
             "--retries",
             "2",
         ])
-        .arg(format!("websockets=={PY_WEBSOCKETS_VERSION}"));
+        .arg(format!("websockets=={PY_WEBSOCKETS_VERSION}"))
+        .arg(format!("pproxy=={PPROXY_VERSION}"));
         run_bounded(pip, &logs.join("python-pip.log"), INSTALL_TIMEOUT)?;
         let mut check = Command::new(&python);
-        check.args(["-c", "from websockets.asyncio.server import serve"]);
+        check.args([
+            "-c",
+            "from websockets.asyncio.server import serve; import pproxy.server",
+        ]);
         run_bounded(check, &logs.join("python-check.log"), STARTUP_TIMEOUT)
     })?;
     Ok(venv)
