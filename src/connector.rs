@@ -150,6 +150,23 @@ impl Handshake {
         ConnectError::Io(io::Error::new(kind, message))
     }
 
+    /// An error reading the stream before the upgrade is over. With TLS 1.3 the
+    /// client's side of the handshake is done before the server has checked the client's
+    /// certificate: a server that refuses it says so with an alert that arrives while awc
+    /// waits for the upgrade's answer. That is a TLS failure, not an I/O error.
+    #[cfg(feature = "tls")]
+    fn tls_error(&self, error: &io::Error) {
+        if self.over.get() || self.failure.borrow().is_some() {
+            return;
+        }
+        if let Some(tls) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            *self.failure.borrow_mut() = Some(Error::Tls(crate::tls::describe(tls)));
+        }
+    }
+
     fn ready(&self) {
         let now = Instant::now();
         self.ready_at.set(Some(now));
@@ -472,6 +489,10 @@ impl AsyncRead for Stream {
                 this.handshake = None;
             } else {
                 handshake.record(&buf.filled()[before..]);
+                #[cfg(feature = "tls")]
+                if let Poll::Ready(Err(error)) = &poll {
+                    handshake.tls_error(error);
+                }
             }
         }
         poll
@@ -617,7 +638,8 @@ impl Service<ConnectInfo<Uri>> for Connector {
                         }
                         Ok(Err(error)) => {
                             let kind = error.kind();
-                            return Err(handshake.fail(Error::Tls(error.to_string()), kind));
+                            let error = crate::tls::handshake_failure(&error);
+                            return Err(handshake.fail(error, kind));
                         }
                         Err(_) => {
                             let error = Error::Timeout(Timeout::Tls);

@@ -37,12 +37,16 @@ pub enum Error {
         reason: String,
     },
     /// The [`ConnectOptions`](crate::ConnectOptions) cannot be used: a setting outside its
-    /// range (a zero timeout or buffer, see each option's docs), or a root certificate that does
-    /// not parse. The message names the option.
+    /// range (a zero timeout or buffer, see each option's docs), a root or client certificate
+    /// that does not parse, a client key that does not match its certificate, or TLS settings
+    /// that exclude each other. The message names the option, never a key or a certificate.
     InvalidOptions(String),
     /// The host name could not be resolved or the TCP connection could not be made.
     Connect(String),
-    /// The TLS handshake failed (e.g. the certificate is not trusted).
+    /// The TLS handshake failed: the server's certificate is not trusted, or the server refused
+    /// the client's (a server that requires a client certificate and got none, or one it does
+    /// not trust: with TLS 1.3 its refusal arrives just after the handshake, and is reported
+    /// here too). The message says which, with a hint.
     Tls(String),
     /// The connection through a proxy could not be made (see [`Proxy`](crate::Proxy)). Like
     /// [`Connect`](Self::Connect), a reason to retry with backoff.
@@ -235,10 +239,8 @@ impl fmt::Display for Error {
                 f,
                 "could not connect: {reason}; check the host, the port and that the server is running"
             ),
-            Error::Tls(reason) => write!(
-                f,
-                "TLS handshake failed: {reason}; to trust a private CA add it with TlsOptions::add_root_certificate"
-            ),
+            // The reason carries the hint that fits it (a private CA, a client certificate).
+            Error::Tls(reason) => write!(f, "TLS handshake failed: {reason}"),
             Error::Proxy { proxy, error } => {
                 write!(f, "could not connect through the proxy {proxy}: {error}")
             }

@@ -190,9 +190,26 @@
 //! ## TLS
 //!
 //! `wss://` uses rustls (with the ring provider) and the bundled Mozilla roots. Add a private CA
-//! with [`TlsOptions::add_root_certificate`]; [`TlsOptions::danger_accept_invalid_certs`] turns
-//! verification off, for tests only. TLS is the `tls` feature, on by default: see
-//! [Feature flags](#feature-flags).
+//! with [`TlsOptions::add_root_certificate`], trust the operating system's roots as well with
+//! [`TlsOptions::native_roots()`], present a client certificate (mutual TLS) with
+//! [`TlsOptions::client_certificate_pem`], or give a `rustls::ClientConfig` of your own with
+//! [`TlsOptions::client_config`] (ALPN is always `http/1.1`);
+//! [`TlsOptions::danger_accept_invalid_certs`] turns verification off, for tests only. A server
+//! that refuses the client's certificate, or wants one, fails the connection with
+//! [`Error::Tls`]. TLS is the `tls` feature, on by default: see [Feature flags](#feature-flags).
+//!
+//! ```no_run
+//! use minch::{ConnectOptions, TlsOptions};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let tls = TlsOptions::default()
+//!     .native_roots(true)
+//!     .client_certificate_pem(std::fs::read("client.pem")?, std::fs::read("client.key")?);
+//! let options = ConnectOptions::default().tls(tls);
+//! # let _ = options;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ## Feature flags
 //!
@@ -251,3 +268,8 @@ pub use crate::{
     simple::{connect, Connection, Frames, ReceiveError},
     transport::Response,
 };
+/// The rustls minch is built with, for [`TlsOptions::client_config`]: build the
+/// `ClientConfig` with `minch::rustls` and it is always the version minch takes.
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use rustls;

@@ -601,6 +601,8 @@ impl ConnectOptions {
         if let Some(deflate) = &self.compression {
             deflate.validate()?;
         }
+        #[cfg(feature = "tls")]
+        self.tls.validate()?;
         self.validate_subprotocols()
     }
 
@@ -688,8 +690,21 @@ impl fmt::Debug for ConnectOptions {
 ///
 /// By default the server's certificate is verified against the bundled Mozilla root store
 /// (`webpki-roots`). Add roots for a private CA with [`add_root_certificate`](Self::add_root_certificate)
-/// or [`add_root_pem`](Self::add_root_pem); only for tests, turn verification off with
+/// or [`add_root_pem`](Self::add_root_pem), trust the operating system's roots as well with
+/// [`native_roots`](Self::native_roots()), and present a client certificate to servers that ask
+/// for one with [`client_certificate_pem`](Self::client_certificate_pem). For anything else
+/// (a custom verifier, a certificate resolver, session resumption settings, another crypto
+/// provider) build the `rustls::ClientConfig` yourself and give it with
+/// [`client_config`](Self::client_config). Only for tests, turn verification off with
 /// [`danger_accept_invalid_certs`](Self::danger_accept_invalid_certs).
+///
+/// Whatever the settings, minch offers ALPN `http/1.1` only: the WebSocket upgrade is an
+/// HTTP/1.1 request.
+///
+/// Settings that cannot be used (a root or a client certificate that does not parse, a key
+/// that does not match its certificate, a [`client_config`](Self::client_config) combined with
+/// the settings it replaces) make connecting fail with
+/// [`Error::InvalidOptions`](crate::Error::InvalidOptions), before any I/O.
 ///
 /// Only with the `tls` feature (on by default), like [`ConnectOptions::tls`]: without it minch
 /// speaks `ws://` only, so there is nothing to configure, and a `wss://` URL fails with
@@ -713,6 +728,13 @@ pub struct TlsOptions {
     pub root_pems: Vec<String>,
     /// Accept any server certificate. Default: `false`.
     pub accept_invalid_certs: bool,
+    /// Trust the operating system's root certificates too. Default: `false`. See
+    /// [`native_roots`](Self::native_roots()).
+    pub native_roots: bool,
+    /// The client certificate and its key, parsed and checked when given. Never shown.
+    pub(crate) client_certificate: Option<crate::tls::ClientCertificate>,
+    /// A configuration of the user's, used as given (with ALPN `http/1.1`).
+    pub(crate) client_config: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 #[cfg(feature = "tls")]
@@ -735,8 +757,144 @@ impl TlsOptions {
         self.accept_invalid_certs = accept;
         self
     }
+
+    /// Trusts the operating system's root certificates as well as the bundled Mozilla ones
+    /// (and any added with [`add_root_certificate`](Self::add_root_certificate)): a company CA
+    /// installed on the machine, for instance. Default: `false`.
+    ///
+    /// The store is read with the `rustls-native-certs` crate, once per process, on the first
+    /// `wss://` connection that asks for it: on Linux and other Unixes the files OpenSSL would
+    /// use (`SSL_CERT_FILE` and `SSL_CERT_DIR` override them), on macOS the keychain, on
+    /// Windows the system store. Certificates that load are used even if part of the store
+    /// cannot be read (logged at debug level); if none loads, minch logs a warning and trusts
+    /// the bundled roots only.
+    ///
+    /// ```
+    /// use minch::{ConnectOptions, TlsOptions};
+    ///
+    /// let options = ConnectOptions::default().tls(TlsOptions::default().native_roots(true));
+    /// assert!(options.tls.native_roots);
+    /// ```
+    pub fn native_roots(mut self, trust: bool) -> Self {
+        self.native_roots = trust;
+        self
+    }
+
+    /// Presents a client certificate to servers that ask for one (mutual TLS).
+    ///
+    /// `chain_pem` holds the certificate, first, then any intermediates (`CERTIFICATE` blocks;
+    /// other blocks are skipped). `key_pem` holds its private key: PKCS#8 (`PRIVATE KEY`),
+    /// PKCS#1 (`RSA PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`), unencrypted; the first one found
+    /// is used. One file holding both can be given for both.
+    ///
+    /// Both are parsed here and the key is checked against the certificate; what is wrong
+    /// (no certificate, no key, a key that does not match, PEM that does not parse) is
+    /// reported as [`Error::InvalidOptions`](crate::Error::InvalidOptions) when connecting,
+    /// naming the part at fault and never quoting it. The key stays out of `Debug`, which
+    /// shows only `client_certificate: true`.
+    ///
+    /// A server that wants a certificate and gets none, or one it does not trust, makes
+    /// connecting fail with [`Error::Tls`](crate::Error::Tls).
+    ///
+    /// ```no_run
+    /// use minch::{ConnectOptions, TlsOptions};
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let tls = TlsOptions::default().client_certificate_pem(
+    ///     std::fs::read("client.pem")?,
+    ///     std::fs::read("client.key")?,
+    /// );
+    /// let options = ConnectOptions::default().tls(tls);
+    /// # let _ = options;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_certificate_pem(
+        mut self,
+        chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.client_certificate = Some(crate::tls::ClientCertificate::from_pem(
+            chain_pem.as_ref(),
+            key_pem.as_ref(),
+        ));
+        self
+    }
+
+    /// Uses a `rustls::ClientConfig` you built: a custom certificate verifier, a client
+    /// certificate resolver, session resumption settings, another crypto provider.
+    ///
+    /// It is used as given, with one change: **its ALPN list is replaced by `http/1.1` alone**
+    /// (on a copy; yours is not changed). The WebSocket upgrade is an HTTP/1.1 request, so a
+    /// server that picked `h2` could not accept it; whether the list was empty, named `h2`
+    /// only, or `h2` and `http/1.1`, minch offers `http/1.1`. A configuration shared with an
+    /// HTTP/2 client therefore works as is. The copy shares the verifier, the client
+    /// certificate resolver and the session store with yours.
+    ///
+    /// It replaces the other settings, so it cannot be combined with
+    /// [`add_root_certificate`](Self::add_root_certificate),
+    /// [`add_root_pem`](Self::add_root_pem), [`native_roots`](Self::native_roots()),
+    /// [`client_certificate_pem`](Self::client_certificate_pem) or
+    /// [`danger_accept_invalid_certs`](Self::danger_accept_invalid_certs): connecting with
+    /// both fails with [`Error::InvalidOptions`](crate::Error::InvalidOptions), naming them. Put
+    /// the roots and the client certificate in the configuration instead. Nothing is added to
+    /// it: with no roots in it, no server is trusted.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use minch::{ConnectOptions, TlsOptions};
+    /// use rustls::{ClientConfig, RootCertStore};
+    ///
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    /// let mut config = ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]; // minch offers http/1.1 only
+    /// let options = ConnectOptions::default().tls(TlsOptions::default().client_config(Arc::new(config)));
+    /// # let _ = options;
+    /// ```
+    pub fn client_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.client_config = Some(crate::tls::with_http11_alpn(config));
+        self
+    }
+
+    /// Settings that cannot be used: a client certificate that did not load, or a
+    /// `client_config` with the settings it replaces.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Some(problem) = self
+            .client_certificate
+            .as_ref()
+            .and_then(|certificate| certificate.problem())
+        {
+            return Err(Error::InvalidOptions(problem.to_owned()));
+        }
+        if self.client_config.is_some() {
+            let conflicts: Vec<&str> = [
+                (!self.root_certificates.is_empty(), "add_root_certificate"),
+                (!self.root_pems.is_empty(), "add_root_pem"),
+                (self.native_roots, "native_roots"),
+                (self.client_certificate.is_some(), "client_certificate_pem"),
+                (self.accept_invalid_certs, "danger_accept_invalid_certs"),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if !conflicts.is_empty() {
+                return Err(Error::InvalidOptions(format!(
+                    "TlsOptions::client_config is used as given, so it cannot be combined with {}; \
+                     put the roots or the client certificate in the rustls ClientConfig instead",
+                    conflicts.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
+/// Shows what is set, never a certificate or a key.
 #[cfg(feature = "tls")]
 impl fmt::Debug for TlsOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -745,6 +903,9 @@ impl fmt::Debug for TlsOptions {
                 "extra_roots",
                 &(self.root_certificates.len() + self.root_pems.len()),
             )
+            .field("native_roots", &self.native_roots)
+            .field("client_certificate", &self.client_certificate.is_some())
+            .field("client_config", &self.client_config.is_some())
             .field("accept_invalid_certs", &self.accept_invalid_certs)
             .finish()
     }

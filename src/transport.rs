@@ -15,6 +15,8 @@ use awc::{
 
 use futures_util::future::{select, Either};
 
+#[cfg(feature = "tls")]
+use crate::tls::handshake_failure;
 use crate::{
     compression::{Agreed, Deflate},
     connector::{Connector, Handshake},
@@ -341,6 +343,12 @@ fn check_extensions(
     }
 }
 
+/// Without TLS there is no `wss://` connection to fail (see `open`).
+#[cfg(not(feature = "tls"))]
+fn handshake_failure(error: &std::io::Error) -> Error {
+    Error::Tls(error.to_string())
+}
+
 /// Turns awc's error into ours. awc reports the TCP and the TLS timeout alike; whether TCP
 /// was up by then tells them apart. `url` is the requested URL, shown redacted.
 fn classify(error: WsClientError, url: &str, secure: bool, tcp_was_up: bool) -> Error {
@@ -364,7 +372,7 @@ fn classify(error: WsClientError, url: &str, secure: bool, tcp_was_up: bool) -> 
         WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Io(error)))
             if secure && error.kind() == std::io::ErrorKind::InvalidData =>
         {
-            Error::Tls(error.to_string())
+            handshake_failure(&error)
         }
         WsClientError::SendRequest(SendRequestError::Connect(error)) => {
             Error::Connect(error.to_string())
