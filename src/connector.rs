@@ -44,60 +44,91 @@ const MAX_RECORDED: usize = 128 * 1024 + MAX_REJECTED_BODY;
 /// The longest chunk-size line (with extensions) a chunked body may have.
 const MAX_CHUNK_LINE: usize = 1024;
 
-/// The stream under the WebSocket: plain TCP or TLS over TCP.
-enum Io {
+/// The byte stream to the server: TCP (perhaps a tunnel through a proxy), or a Unix socket.
+pub(crate) enum Socket {
     Tcp(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<actix_tls::connect::rustls_0_23::reexports::AsyncTlsStream<TcpStream>>),
+    #[cfg(unix)]
+    Unix(actix_rt::net::UnixStream),
 }
 
-macro_rules! delegate {
-    ($io:expr, $stream:ident => $call:expr) => {
-        match $io {
-            Io::Tcp($stream) => $call,
-            #[cfg(feature = "tls")]
-            Io::Tls($stream) => $call,
+/// The stream under the WebSocket: the socket, or TLS over it.
+enum Io {
+    Plain(Socket),
+    #[cfg(feature = "tls")]
+    Tls(Box<actix_tls::connect::rustls_0_23::reexports::AsyncTlsStream<Socket>>),
+}
+
+/// Implements the tokio I/O traits of an enum by calling its variants' own.
+macro_rules! delegate_io {
+    ($type:ty, $($variant:pat => $stream:ident),+ $(,)?) => {
+        impl AsyncRead for $type {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() { $($variant => Pin::new($stream).poll_read(cx, buf)),+ }
+            }
+        }
+
+        impl AsyncWrite for $type {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() { $($variant => Pin::new($stream).poll_write(cx, buf)),+ }
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $($variant => Pin::new($stream).poll_write_vectored(cx, bufs)),+
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self { $($variant => $stream.is_write_vectored()),+ }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $($variant => Pin::new($stream).poll_flush(cx)),+ }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $($variant => Pin::new($stream).poll_shutdown(cx)),+ }
+            }
         }
     };
 }
 
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
-    }
-}
+#[cfg(unix)]
+delegate_io!(Socket, Socket::Tcp(tcp) => tcp, Socket::Unix(unix) => unix);
+#[cfg(not(unix))]
+delegate_io!(Socket, Socket::Tcp(tcp) => tcp);
+#[cfg(feature = "tls")]
+delegate_io!(Io, Io::Plain(socket) => socket, Io::Tls(tls) => tls);
+#[cfg(not(feature = "tls"))]
+delegate_io!(Io, Io::Plain(socket) => socket);
 
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+impl actix_rt::net::ActixStream for Socket {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<actix_rt::net::Ready>> {
+        match self {
+            Socket::Tcp(tcp) => actix_rt::net::ActixStream::poll_read_ready(tcp, cx),
+            #[cfg(unix)]
+            Socket::Unix(unix) => actix_rt::net::ActixStream::poll_read_ready(unix, cx),
+        }
     }
 
-    fn is_write_vectored(&self) -> bool {
-        delegate!(self, io => io.is_write_vectored())
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<actix_rt::net::Ready>> {
+        match self {
+            Socket::Tcp(tcp) => actix_rt::net::ActixStream::poll_write_ready(tcp, cx),
+            #[cfg(unix)]
+            Socket::Unix(unix) => actix_rt::net::ActixStream::poll_write_ready(unix, cx),
+        }
     }
 }
 
@@ -454,22 +485,22 @@ impl Drop for Stream {
     }
 }
 
-// awc asks its connector for an `ActixStream`; readiness is the TCP socket's.
+// awc asks its connector for an `ActixStream`; readiness is the socket's.
 impl actix_rt::net::ActixStream for Stream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<actix_rt::net::Ready>> {
         match &self.io {
-            Some(Io::Tcp(tcp)) => actix_rt::net::ActixStream::poll_read_ready(tcp, cx),
+            Some(Io::Plain(socket)) => socket.poll_read_ready(cx),
             #[cfg(feature = "tls")]
-            Some(Io::Tls(tls)) => actix_rt::net::ActixStream::poll_read_ready(tls.get_ref().0, cx),
+            Some(Io::Tls(tls)) => tls.get_ref().0.poll_read_ready(cx),
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<actix_rt::net::Ready>> {
         match &self.io {
-            Some(Io::Tcp(tcp)) => actix_rt::net::ActixStream::poll_write_ready(tcp, cx),
+            Some(Io::Plain(socket)) => socket.poll_write_ready(cx),
             #[cfg(feature = "tls")]
-            Some(Io::Tls(tls)) => actix_rt::net::ActixStream::poll_write_ready(tls.get_ref().0, cx),
+            Some(Io::Tls(tls)) => tls.get_ref().0.poll_write_ready(cx),
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -539,8 +570,17 @@ pub(crate) struct Connector {
     connect_timeout: Duration,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls_timeout: Duration,
-    proxy: Option<Rc<ProxyEndpoint>>,
+    route: Route,
     handshake: Rc<Handshake>,
+}
+
+/// Where the connection goes: to the URL's host, through a proxy, or to a Unix socket.
+#[derive(Clone)]
+enum Route {
+    Direct,
+    Proxy(Rc<ProxyEndpoint>),
+    #[cfg(unix)]
+    Unix(Rc<std::path::Path>),
 }
 
 /// Where the TCP connection goes when there is a proxy.
@@ -578,7 +618,7 @@ impl Connector {
             tls: None,
             connect_timeout,
             tls_timeout,
-            proxy: None,
+            route: Route::Direct,
             handshake,
         }
     }
@@ -586,7 +626,14 @@ impl Connector {
     /// Through this proxy: TCP to the proxy, then a tunnel to the URL's host, both within
     /// `connect_timeout`.
     pub(crate) fn proxy(mut self, proxy: ProxyEndpoint) -> Self {
-        self.proxy = Some(Rc::new(proxy));
+        self.route = Route::Proxy(Rc::new(proxy));
+        self
+    }
+
+    /// To the Unix socket at `path` instead of the URL's host, within `connect_timeout`.
+    #[cfg(unix)]
+    pub(crate) fn unix_socket(mut self, path: &std::path::Path) -> Self {
+        self.route = Route::Unix(Rc::from(path));
         self
     }
 
@@ -610,9 +657,28 @@ impl Service<ConnectInfo<Uri>> for Connector {
         Box::pin(async move {
             let handshake = &this.handshake;
             let connecting = async {
-                match &this.proxy {
-                    None => this.tcp.call(request).await.map_err(Failed::Tcp),
-                    Some(proxy) => this.tunnel(proxy, request).await.map_err(Failed::Minch),
+                let tcp = |connection: Connection<Uri, TcpStream>| {
+                    let (tcp, connection) = connection.replace_io(());
+                    connection.replace_io(Socket::Tcp(tcp)).1
+                };
+                match &this.route {
+                    Route::Direct => this.tcp.call(request).await.map(tcp).map_err(Failed::Tcp),
+                    Route::Proxy(proxy) => this
+                        .tunnel(proxy, request)
+                        .await
+                        .map(tcp)
+                        .map_err(Failed::Minch),
+                    #[cfg(unix)]
+                    Route::Unix(path) => match actix_rt::net::UnixStream::connect(path).await {
+                        Ok(unix) => Ok(Connection::new(
+                            request.request().clone(),
+                            Socket::Unix(unix),
+                        )),
+                        Err(error) => Err(Failed::Minch(Error::Connect(format!(
+                            "the Unix socket {} could not be connected to: {error}",
+                            path.display()
+                        )))),
+                    },
                 }
             };
             let tcp = match actix_rt::time::timeout(this.connect_timeout, connecting).await {
@@ -649,13 +715,13 @@ impl Service<ConnectInfo<Uri>> for Connector {
                 }
                 None => {
                     let (io, connection) = tcp.replace_io(());
-                    connection.replace_io(Io::Tcp(io)).1
+                    connection.replace_io(Io::Plain(io)).1
                 }
             };
             #[cfg(not(feature = "tls"))]
             let connection = {
                 let (io, connection) = tcp.replace_io(());
-                connection.replace_io(Io::Tcp(io)).1
+                connection.replace_io(Io::Plain(io)).1
             };
             handshake.ready();
             let (io, connection) = connection.replace_io(());

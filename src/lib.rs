@@ -154,6 +154,7 @@
 //! | [`max_frame_size`](ConnectOptions::max_frame_size) / [`max_message_size`](ConnectOptions::max_message_size) | 16 MiB / 64 MiB | at least 125 / at least 1 |
 //! | [`compression`](ConnectOptions::compression()) | permessage-deflate offered | a [`Deflate`], or `None` |
 //! | [`proxy`](ConnectOptions::proxy()) | from the environment | a [`Proxy`] |
+//! | [`unix_socket`](ConnectOptions::unix_socket()) | none (TCP) | a path of at most [`MAX_UNIX_SOCKET_PATH`](ConnectOptions::MAX_UNIX_SOCKET_PATH) bytes, on Unix |
 //!
 //! A value outside its range is [`Error::InvalidOptions`], naming the option, before any I/O.
 //!

@@ -382,6 +382,12 @@ pub struct ConnectOptions {
     /// `https_proxy`/`http_proxy`/`all_proxy` name unless `no_proxy` lists the host. Allowed:
     /// see [`Proxy`].
     pub proxy: Proxy,
+    /// Connect to the server on this Unix domain socket instead of the URL's host and port
+    /// (Docker-style local daemons). The URL still gives the request path and the `Host`
+    /// header, and `wss://` runs TLS over the socket, checked against the URL's host; no proxy
+    /// is used. Default: `None`. Allowed: a non-empty path of at most
+    /// [`MAX_UNIX_SOCKET_PATH`](Self::MAX_UNIX_SOCKET_PATH) bytes, on Unix only.
+    pub unix_socket: Option<std::path::PathBuf>,
     /// Whether `pong_timeout` was set through its builder: only then is it a mistake to leave
     /// keepalive off (the default `pong_timeout` is harmless without pings).
     pong_timeout_explicit: bool,
@@ -408,6 +414,7 @@ impl Default for ConnectOptions {
             tls: TlsOptions::default(),
             compression: Some(Deflate::default()),
             proxy: Proxy::FromEnvironment,
+            unix_socket: None,
             pong_timeout_explicit: false,
         }
     }
@@ -539,6 +546,29 @@ impl ConnectOptions {
         self
     }
 
+    /// The longest [`unix_socket`](Self::unix_socket) path, in bytes: what the operating
+    /// system's socket address holds (107 on Linux, 103 on other Unixes).
+    pub const MAX_UNIX_SOCKET_PATH: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
+
+    /// Sets [`unix_socket`](Self::unix_socket): connect over the Unix domain socket at `path`,
+    /// sending the URL's path and host in the request.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), minch::Error> {
+    /// use minch::ConnectOptions;
+    ///
+    /// // The daemon listening on /run/app.sock serves WebSockets on /v1/events.
+    /// let options = ConnectOptions::default().unix_socket("/run/app.sock");
+    /// let (connection, frames) = minch::connect("ws://localhost/v1/events", Vec::<(String, String)>::new(), options).await?;
+    /// # let _ = (connection, frames);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn unix_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.unix_socket = Some(path.into());
+        self
+    }
+
     /// Checks every setting against the range in its documentation, so that a bad value is a
     /// configuration error up front rather than a hang or a panic later (a zero
     /// `max_buffered_bytes` never lets the flush loop finish, a zero `ping_interval` fires its
@@ -603,6 +633,9 @@ impl ConnectOptions {
         }
         #[cfg(feature = "tls")]
         self.tls.validate()?;
+        if let Some(path) = &self.unix_socket {
+            check_unix_socket(path)?;
+        }
         self.validate_subprotocols()
     }
 
@@ -657,6 +690,28 @@ fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
+fn check_unix_socket(path: &std::path::Path) -> Result<(), Error> {
+    if !cfg!(unix) {
+        return Err(Error::InvalidOptions(
+            "unix_socket is available on Unix only; connect over TCP on this system".into(),
+        ));
+    }
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(Error::InvalidOptions(
+            "unix_socket must be a path, not empty; leave it None to connect over TCP".into(),
+        ));
+    }
+    if len > ConnectOptions::MAX_UNIX_SOCKET_PATH {
+        return Err(Error::InvalidOptions(format!(
+            "unix_socket paths hold at most {} bytes on this system (got {len}); use a shorter \
+             path, e.g. a symbolic link to the socket's directory",
+            ConnectOptions::MAX_UNIX_SOCKET_PATH
+        )));
+    }
+    Ok(())
+}
+
 /// Subprotocols are shown by number only: some services carry a credential in one (a bearer
 /// token in Kubernetes' `base64url.bearer.authorization.k8s.io.*`), and the client logs its
 /// options at debug level.
@@ -679,7 +734,8 @@ impl fmt::Debug for ConnectOptions {
             .field("max_queue", &self.max_queue)
             .field("max_queue_bytes", &self.max_queue_bytes)
             .field("compression", &self.compression)
-            .field("proxy", &self.proxy);
+            .field("proxy", &self.proxy)
+            .field("unix_socket", &self.unix_socket);
         #[cfg(feature = "tls")]
         shown.field("tls", &self.tls);
         shown.finish()

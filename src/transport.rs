@@ -75,9 +75,16 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
     let origin_host = uri.host().unwrap_or_default();
     let origin_host = origin_host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let connector = match options.proxy.endpoint_for(secure, origin_host, port)? {
-        Some(proxy) => connector.proxy(proxy),
-        None => connector,
+    let connector = match &options.unix_socket {
+        #[cfg(unix)]
+        Some(path) => connector.unix_socket(path),
+        // Refused by `validate` elsewhere.
+        #[cfg(not(unix))]
+        Some(_) => connector,
+        None => match options.proxy.endpoint_for(secure, origin_host, port)? {
+            Some(proxy) => connector.proxy(proxy),
+            None => connector,
+        },
     };
     #[cfg(feature = "tls")]
     let connector = if secure {

@@ -134,6 +134,48 @@ os.dup2(2, 1)
 main()
 "#;
 
+const UNIX_ECHO_PY: &str = r#"# minch unix socket tests: Python websockets echo on a Unix socket (written by tests/support)
+import asyncio
+import os
+import ssl
+import sys
+import threading
+
+from websockets.asyncio.server import unix_serve
+
+
+async def echo(ws):
+    try:
+        async for message in ws:
+            await ws.send(message)
+    except Exception:
+        pass
+
+
+async def main(path, lifetime, cert, key):
+    context = None
+    if cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def watch_stdin():
+        sys.stdin.buffer.read()
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    loop.call_later(lifetime, lambda: done.done() or done.set_result(None))
+    async with unix_serve(echo, path, ssl=context):
+        print("ready", flush=True)
+        await done
+    os._exit(0)
+
+
+args = sys.argv[1:]
+asyncio.run(main(args[0], float(args[1]), *(args[2:4] if len(args) > 2 else (None, None))))
+"#;
+
 const ECHO_JS: &str = r#"// minch interop: echo server on Node ws (written by tests/support)
 'use strict';
 const { WebSocketServer } = require('ws');
@@ -291,6 +333,30 @@ pub fn pproxy(listen: &str) -> Result<ExternalServer, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(server)
+}
+
+/// Start a Python `websockets` echo server on the Unix socket at `path`; with `tls` (certificate
+/// and key PEM), TLS over the socket.
+pub fn python_unix_echo_server(
+    path: &Path,
+    tls: Option<(&str, &str)>,
+) -> Result<ExternalServer, String> {
+    let venv = provision_python()?;
+    let script = write_script(&interop_dir(), "unix_echo_server.py", UNIX_ECHO_PY)?;
+    let mut cmd = Command::new(venv.join("bin").join("python"));
+    cmd.arg(&script)
+        .arg(path)
+        .arg(SERVER_LIFETIME_SECS.to_string());
+    if let Some((certificate, key)) = tls {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("unix");
+        let certificate_path = dir.join(format!("{stem}.crt"));
+        let key_path = dir.join(format!("{stem}.key"));
+        fs::write(&certificate_path, certificate).map_err(|e| format!("write cert: {e}"))?;
+        fs::write(&key_path, key).map_err(|e| format!("write key: {e}"))?;
+        cmd.arg(certificate_path).arg(key_path);
+    }
+    start_child_ready("python-websockets-unix", cmd, None)
 }
 
 /// Start an echo server on Node `ws` (installed with npm on first use), with its default
@@ -566,7 +632,17 @@ fn run_bounded(mut cmd: Command, log: &Path, timeout: Duration) -> Result<(), St
 
 /// Start a server that prints its port as the first stdout line; stderr goes to a log file.
 /// Our end of its stdin stays open: the scripts exit when it closes (i.e. if we die).
-fn start_child(name: &'static str, mut cmd: Command) -> Result<ExternalServer, String> {
+fn start_child(name: &'static str, cmd: Command) -> Result<ExternalServer, String> {
+    start_child_ready(name, cmd, Some(()))
+}
+
+/// [`start_child`], for a server that prints its port (`port: Some(())`, the port is then
+/// `ExternalServer::port`) or any line once it is ready (`None`: the port is 0).
+fn start_child_ready(
+    name: &'static str,
+    mut cmd: Command,
+    port: Option<()>,
+) -> Result<ExternalServer, String> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let logs = interop_dir().join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("create {}: {e}", logs.display()))?;
@@ -601,6 +677,7 @@ fn start_child(name: &'static str, mut cmd: Command) -> Result<ExternalServer, S
         )
     };
     let port = match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(Some(Ok(_))) if port.is_none() => 0,
         Ok(Some(Ok(line))) => match line.trim().parse::<u16>() {
             Ok(port) if port != 0 => port,
             _ => return Err(failure(&mut child, format!("printed {line:?}, not a port"))),
