@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     error::{ProxyError, Rejection, Timeout},
-    proxy::{open_tunnel, ProxyEndpoint},
+    proxy::{open_tunnel, ProxyEndpoint, ProxyTls},
     Error,
 };
 
@@ -44,9 +44,12 @@ const MAX_RECORDED: usize = 128 * 1024 + MAX_REJECTED_BODY;
 /// The longest chunk-size line (with extensions) a chunked body may have.
 const MAX_CHUNK_LINE: usize = 1024;
 
-/// The byte stream to the server: TCP (perhaps a tunnel through a proxy), or a Unix socket.
+/// The byte stream to the server: TCP (perhaps a tunnel through a proxy), a tunnel through an
+/// `https://` proxy (TLS with the proxy), or a Unix socket.
 pub(crate) enum Socket {
     Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    ProxyTls(Box<actix_tls::connect::rustls_0_23::reexports::AsyncTlsStream<TcpStream>>),
     #[cfg(unix)]
     Unix(actix_rt::net::UnixStream),
 }
@@ -60,14 +63,14 @@ enum Io {
 
 /// Implements the tokio I/O traits of an enum by calling its variants' own.
 macro_rules! delegate_io {
-    ($type:ty, $($variant:pat => $stream:ident),+ $(,)?) => {
+    ($type:ty, $($(#[$attr:meta])* $variant:pat => $stream:ident),+ $(,)?) => {
         impl AsyncRead for $type {
             fn poll_read(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
                 buf: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
-                match self.get_mut() { $($variant => Pin::new($stream).poll_read(cx, buf)),+ }
+                match self.get_mut() { $($(#[$attr])* $variant => Pin::new($stream).poll_read(cx, buf)),+ }
             }
         }
 
@@ -77,7 +80,7 @@ macro_rules! delegate_io {
                 cx: &mut Context<'_>,
                 buf: &[u8],
             ) -> Poll<io::Result<usize>> {
-                match self.get_mut() { $($variant => Pin::new($stream).poll_write(cx, buf)),+ }
+                match self.get_mut() { $($(#[$attr])* $variant => Pin::new($stream).poll_write(cx, buf)),+ }
             }
 
             fn poll_write_vectored(
@@ -86,38 +89,48 @@ macro_rules! delegate_io {
                 bufs: &[io::IoSlice<'_>],
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
-                    $($variant => Pin::new($stream).poll_write_vectored(cx, bufs)),+
+                    $($(#[$attr])* $variant => Pin::new($stream).poll_write_vectored(cx, bufs)),+
                 }
             }
 
             fn is_write_vectored(&self) -> bool {
-                match self { $($variant => $stream.is_write_vectored()),+ }
+                match self { $($(#[$attr])* $variant => $stream.is_write_vectored()),+ }
             }
 
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $($variant => Pin::new($stream).poll_flush(cx)),+ }
+                match self.get_mut() { $($(#[$attr])* $variant => Pin::new($stream).poll_flush(cx)),+ }
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $($variant => Pin::new($stream).poll_shutdown(cx)),+ }
+                match self.get_mut() { $($(#[$attr])* $variant => Pin::new($stream).poll_shutdown(cx)),+ }
             }
         }
     };
 }
 
-#[cfg(unix)]
-delegate_io!(Socket, Socket::Tcp(tcp) => tcp, Socket::Unix(unix) => unix);
-#[cfg(not(unix))]
-delegate_io!(Socket, Socket::Tcp(tcp) => tcp);
-#[cfg(feature = "tls")]
-delegate_io!(Io, Io::Plain(socket) => socket, Io::Tls(tls) => tls);
-#[cfg(not(feature = "tls"))]
-delegate_io!(Io, Io::Plain(socket) => socket);
+delegate_io!(
+    Socket,
+    Socket::Tcp(tcp) => tcp,
+    #[cfg(feature = "tls")]
+    Socket::ProxyTls(tls) => tls,
+    #[cfg(unix)]
+    Socket::Unix(unix) => unix,
+);
+delegate_io!(
+    Io,
+    Io::Plain(socket) => socket,
+    #[cfg(feature = "tls")]
+    Io::Tls(tls) => tls,
+);
 
 impl actix_rt::net::ActixStream for Socket {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<actix_rt::net::Ready>> {
         match self {
             Socket::Tcp(tcp) => actix_rt::net::ActixStream::poll_read_ready(tcp, cx),
+            #[cfg(feature = "tls")]
+            Socket::ProxyTls(tls) => {
+                actix_rt::net::ActixStream::poll_read_ready(tls.get_ref().0, cx)
+            }
             #[cfg(unix)]
             Socket::Unix(unix) => actix_rt::net::ActixStream::poll_read_ready(unix, cx),
         }
@@ -126,6 +139,10 @@ impl actix_rt::net::ActixStream for Socket {
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<actix_rt::net::Ready>> {
         match self {
             Socket::Tcp(tcp) => actix_rt::net::ActixStream::poll_write_ready(tcp, cx),
+            #[cfg(feature = "tls")]
+            Socket::ProxyTls(tls) => {
+                actix_rt::net::ActixStream::poll_write_ready(tls.get_ref().0, cx)
+            }
             #[cfg(unix)]
             Socket::Unix(unix) => actix_rt::net::ActixStream::poll_write_ready(unix, cx),
         }
@@ -571,6 +588,7 @@ pub(crate) struct Connector {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls_timeout: Duration,
     route: Route,
+    proxy_tls: ProxyTls,
     handshake: Rc<Handshake>,
 }
 
@@ -581,22 +599,6 @@ enum Route {
     Proxy(Rc<ProxyEndpoint>),
     #[cfg(unix)]
     Unix(Rc<std::path::Path>),
-}
-
-/// Where the TCP connection goes when there is a proxy.
-struct ProxyAddress {
-    host: String,
-    port: u16,
-}
-
-impl actix_tls::connect::Host for ProxyAddress {
-    fn hostname(&self) -> &str {
-        &self.host
-    }
-
-    fn port(&self) -> Option<u16> {
-        Some(self.port)
-    }
 }
 
 /// Why the connection could not be opened: as awc's connector says it (direct connections, where
@@ -619,6 +621,7 @@ impl Connector {
             connect_timeout,
             tls_timeout,
             route: Route::Direct,
+            proxy_tls: None,
             handshake,
         }
     }
@@ -627,6 +630,13 @@ impl Connector {
     /// `connect_timeout`.
     pub(crate) fn proxy(mut self, proxy: ProxyEndpoint) -> Self {
         self.route = Route::Proxy(Rc::new(proxy));
+        self
+    }
+
+    /// TLS with an `https://` proxy.
+    #[cfg(feature = "tls")]
+    pub(crate) fn proxy_tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.proxy_tls = Some(config);
         self
     }
 
@@ -663,11 +673,7 @@ impl Service<ConnectInfo<Uri>> for Connector {
                 };
                 match &this.route {
                     Route::Direct => this.tcp.call(request).await.map(tcp).map_err(Failed::Tcp),
-                    Route::Proxy(proxy) => this
-                        .tunnel(proxy, request)
-                        .await
-                        .map(tcp)
-                        .map_err(Failed::Minch),
+                    Route::Proxy(proxy) => this.tunnel(proxy, request).await.map_err(Failed::Minch),
                     #[cfg(unix)]
                     Route::Unix(path) => match actix_rt::net::UnixStream::connect(path).await {
                         Ok(unix) => Ok(Connection::new(
@@ -741,17 +747,14 @@ impl Connector {
         &self,
         proxy: &ProxyEndpoint,
         request: ConnectInfo<Uri>,
-    ) -> Result<Connection<Uri, TcpStream>, Error> {
+    ) -> Result<Connection<Uri, Socket>, Error> {
         let unreachable = |reason: String| Error::Proxy {
             proxy: proxy.shown(),
             error: ProxyError::Unreachable(reason),
         };
         let to_proxy = self
             .tcp
-            .call(ConnectInfo::new(ProxyAddress {
-                host: proxy.host.clone(),
-                port: proxy.port,
-            }))
+            .call(ConnectInfo::new(proxy.clone()))
             .await
             .map_err(|error| unreachable(error.to_string()))?;
         let (tcp, _) = to_proxy.into_parts();
@@ -764,7 +767,7 @@ impl Connector {
             proxy.shown(),
             request.port()
         );
-        let tunnel = open_tunnel(proxy, tcp, host, request.port()).await?;
+        let tunnel = open_tunnel(proxy, tcp, &self.proxy_tls, host, request.port()).await?;
         Ok(Connection::new(request.request().clone(), tunnel))
     }
 }

@@ -115,6 +115,9 @@ pub enum ProxyError {
     /// The SOCKS5 proxy did not accept the credentials, or asks for credentials and none were
     /// given (or the other way round).
     SocksAuthentication,
+    /// The TLS handshake with an `https://` proxy failed (its certificate is not trusted, for
+    /// one: a proxy with a private CA needs it in [`TlsOptions`](crate::TlsOptions)).
+    Tls(String),
     /// The proxy's answer is not valid HTTP or SOCKS5, or the proxy closed the connection
     /// before answering.
     Protocol(String),
@@ -154,6 +157,7 @@ impl fmt::Display for ProxyError {
                 "it did not accept the credentials, or wants some and none were given; check \
                  the user name and password in the proxy URL",
             ),
+            ProxyError::Tls(reason) => write!(f, "the TLS handshake with it failed: {reason}"),
             ProxyError::Protocol(reason) => write!(f, "its answer is not valid: {reason}"),
         }
     }

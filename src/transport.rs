@@ -82,6 +82,10 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         #[cfg(not(unix))]
         Some(_) => connector,
         None => match options.proxy.endpoint_for(secure, origin_host, port)? {
+            #[cfg(feature = "tls")]
+            Some(proxy) if proxy.kind == crate::proxy::ProxyKind::Https => connector
+                .proxy_tls(crate::tls::client_config(&options.tls)?)
+                .proxy(proxy),
             Some(proxy) => connector.proxy(proxy),
             None => connector,
         },

@@ -73,7 +73,9 @@ pub(crate) fn bypasses(no_proxy: &str, host: &str, port: u16) -> bool {
                 return host_ip == Some(ip);
             }
             let domain = normalise(pattern.trim_start_matches('*').trim_start_matches('.'));
-            !domain.is_empty()
+            // An address matches addresses and networks only, not a name's suffix.
+            host_ip.is_none()
+                && !domain.is_empty()
                 && (host == domain
                     || host
                         .strip_suffix(&domain)
@@ -206,6 +208,8 @@ mod tests {
         assert!(!check(",,", "h", 80));
         assert!(!check("h:notaport", "h", 80));
         assert!(!check(".", "h", 80));
+        assert!(!check("0.0.1", "127.0.0.1", 80));
+        assert!(!check("1", "127.0.0.1", 80));
         // lowercase first, like the proxy variables
         let vars = [("all_proxy", "p:1"), ("no_proxy", "a"), ("NO_PROXY", "b")];
         assert!(proxy(&vars, false, "a", 80).is_none());

@@ -7,7 +7,7 @@ mod tunnel;
 
 use std::fmt;
 
-pub(crate) use tunnel::open_tunnel;
+pub(crate) use tunnel::{open_tunnel, ProxyTls};
 
 use crate::{options::redact_url, Error};
 
@@ -26,9 +26,11 @@ use crate::{options::redact_url, Error};
 /// A proxy URL is `http://`, `socks5://` (the client resolves the server's name) or `socks5h://`
 /// (the proxy does), with optional credentials: `http://user:password@proxy:3128` sends them as
 /// `Proxy-Authorization: Basic`, SOCKS5 uses username/password authentication (RFC 1929).
-/// Percent-encode `@`, `:` and `/` in them. Without a port, HTTP proxies are on 80 and SOCKS5
-/// proxies on 1080; a value without a scheme (`proxy:3128`, common in the environment) is an
-/// HTTP proxy. `https://` proxies (TLS to the proxy itself) are not supported yet.
+/// Percent-encode `@`, `:` and `/` in them. An `https://` proxy is spoken to over TLS, verified
+/// with the same [`TlsOptions`](crate::TlsOptions) as the server (so a proxy with a private CA
+/// needs that CA added); a `wss://` connection through it is TLS inside TLS. Without a port,
+/// HTTP proxies are on 80, HTTPS proxies on 443 and SOCKS5 proxies on 1080; a value without a
+/// scheme (`proxy:3128`, common in the environment) is an HTTP proxy.
 ///
 /// With `wss://`, TLS runs end to end through the tunnel: the certificate is checked against the
 /// server's name, and the proxy sees only encrypted bytes. Reaching the proxy and opening the
@@ -57,7 +59,7 @@ pub enum Proxy {
 }
 
 impl Proxy {
-    /// Through the proxy at `url`: `http://[user:password@]host[:port]`,
+    /// Through the proxy at `url`: `http://[user:password@]host[:port]`, `https://…`,
     /// `socks5://…` or `socks5h://…`.
     pub fn url(url: impl Into<String>) -> Self {
         Proxy::Url(url.into())
@@ -70,15 +72,25 @@ impl Proxy {
         host: &str,
         port: u16,
     ) -> Result<Option<ProxyEndpoint>, Error> {
-        match self {
-            Proxy::None => Ok(None),
+        let endpoint = match self {
+            Proxy::None => return Ok(None),
             Proxy::Url(url) => ProxyEndpoint::parse(url)
                 .map(Some)
-                .map_err(|reason| invalid(&format!("proxy {}", redact_url(url)), &reason)),
+                .map_err(|reason| invalid(&format!("proxy {}", redact_url(url)), &reason))?,
             Proxy::FromEnvironment => {
-                environment::proxy_for(secure, host, port, |name| std::env::var(name).ok())
+                environment::proxy_for(secure, host, port, |name| std::env::var(name).ok())?
+            }
+        };
+        if let Some(ProxyKind::Socks5 { remote_dns: true }) = endpoint.as_ref().map(|e| e.kind) {
+            if host.is_empty() || host.len() > 255 {
+                return Err(Error::InvalidOptions(format!(
+                    "a socks5h:// proxy is given host names of 1 to 255 bytes, and this URL's \
+                     host has {}; use socks5:// to resolve it on this machine",
+                    host.len()
+                )));
             }
         }
+        Ok(endpoint)
     }
 }
 
@@ -96,7 +108,7 @@ impl fmt::Debug for Proxy {
 fn invalid(what: &str, reason: &str) -> Error {
     Error::InvalidOptions(format!(
         "{what} cannot be used: {reason}; expected http://[user:password@]host[:port], \
-         socks5://… or socks5h://…"
+         https://…, socks5://… or socks5h://…"
     ))
 }
 
@@ -105,6 +117,8 @@ fn invalid(what: &str, reason: &str) -> Error {
 pub(crate) enum ProxyKind {
     /// An HTTP proxy: `CONNECT host:port`.
     Http,
+    /// An HTTP proxy spoken to over TLS (`https://`): `CONNECT` inside TLS with the proxy.
+    Https,
     /// A SOCKS5 proxy; with `remote_dns` (`socks5h://`) the proxy resolves the server's name.
     Socks5 { remote_dns: bool },
 }
@@ -144,9 +158,8 @@ impl ProxyEndpoint {
             "http" => (ProxyKind::Http, 80),
             "socks5" => (ProxyKind::Socks5 { remote_dns: false }, 1080),
             "socks5h" => (ProxyKind::Socks5 { remote_dns: true }, 1080),
-            "https" => {
-                return Err("https:// proxies (TLS to the proxy) are not supported yet".into())
-            }
+            "https" if cfg!(feature = "tls") => (ProxyKind::Https, 443),
+            "https" => return Err("https:// proxies need minch's tls feature".into()),
             "socks4" | "socks4a" => return Err("SOCKS4 is not supported, only SOCKS5".into()),
             _ => return Err("the scheme is not http, socks5 or socks5h".into()),
         };
@@ -158,6 +171,8 @@ impl ProxyEndpoint {
             None => rest,
         };
         let (credentials, host_port) = match authority.rsplit_once('@') {
+            // `http://@proxy` or `http://:@proxy` (a template with both parts unset): none.
+            Some(("" | ":", host_port)) => (None, host_port),
             Some((userinfo, host_port)) => {
                 let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
                 let credentials = Credentials {
@@ -196,10 +211,22 @@ impl ProxyEndpoint {
     pub(crate) fn shown(&self) -> String {
         let scheme = match self.kind {
             ProxyKind::Http => "http",
+            ProxyKind::Https => "https",
             ProxyKind::Socks5 { remote_dns: false } => "socks5",
             ProxyKind::Socks5 { remote_dns: true } => "socks5h",
         };
         format!("{scheme}://{}", authority(&self.host, self.port))
+    }
+}
+
+/// Where the TCP connection goes, and the name TLS checks with an `https://` proxy.
+impl actix_tls::connect::Host for ProxyEndpoint {
+    fn hostname(&self) -> &str {
+        &self.host
+    }
+
+    fn port(&self) -> Option<u16> {
+        Some(self.port)
     }
 }
 
@@ -264,19 +291,27 @@ fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
-/// Decodes `%XX` escapes; `None` if one is broken or the result is not UTF-8.
+/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is (as curl and
+/// most clients read `user:50%off@proxy`). `None` if the result is not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut at = 0;
     while at < bytes.len() {
-        if bytes[at] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            at += 3;
-        } else {
-            decoded.push(bytes[at]);
-            at += 1;
+        let escaped = bytes
+            .get(at + 1..at + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[at], escaped) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
         }
     }
     String::from_utf8(decoded).ok()
@@ -301,6 +336,16 @@ mod tests {
         assert_eq!(parse("p:8080").kind, ProxyKind::Http);
         assert_eq!(parse("p:8080/").port, 8080);
         assert_eq!(parse("socks5://p").port, 1080);
+        #[cfg(feature = "tls")]
+        {
+            assert_eq!(parse("https://p").kind, ProxyKind::Https);
+            assert_eq!(parse("https://p").port, 443);
+            assert_eq!(parse("HTTPS://u:pw@p:8443").shown(), "https://p:8443");
+        }
+        #[cfg(not(feature = "tls"))]
+        assert!(ProxyEndpoint::parse("https://p")
+            .unwrap_err()
+            .contains("tls feature"));
         assert_eq!(
             parse("SOCKS5H://p:1").kind,
             ProxyKind::Socks5 { remote_dns: true }
@@ -321,12 +366,20 @@ mod tests {
             "p@ss"
         );
         assert_eq!(parse("http://u@p").credentials.unwrap().password, "");
+        assert_eq!(
+            parse("http://u:50%off@p").credentials.unwrap().password,
+            "50%off"
+        );
+        assert_eq!(parse("http://u:%4@p").credentials.unwrap().password, "%4");
+        assert_eq!(parse("http://u:%41%@p").credentials.unwrap().password, "A%");
+        assert!(parse("http://@p").credentials.is_none());
+        assert!(parse("http://:@p").credentials.is_none());
+        assert!(parse("socks5://:@p").credentials.is_none());
     }
 
     #[test]
     fn unusable_urls_say_why() {
         for (url, why) in [
-            ("https://p:443", "not supported"),
             ("socks4://p", "SOCKS4"),
             ("ftp://p", "scheme"),
             ("http://p/path", "no path"),
@@ -339,7 +392,7 @@ mod tests {
             ("http://[::1", "bracket"),
             ("http://[nothost]:1", "IPv6"),
             ("http://pro xy:1", "characters"),
-            ("http://u:%zz@p", "password"),
+            ("http://u:%ff@p", "password"),
             ("socks5://:pw@p", "user name"),
             ("socks5://u@p", "password"),
         ] {
