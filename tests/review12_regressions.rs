@@ -122,7 +122,7 @@ fn pipe(a: TcpStream, b: TcpStream) {
 }
 
 /// A proxy on 127.0.0.1 that reads `read_first` bytes, answers `answer`, and holds the
-/// connection for a while. Returns the port and whether anything connected.
+/// connection for a while. Returns the port.
 fn scripted_proxy(answer: &'static [u8], read_first: usize) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
