@@ -25,7 +25,7 @@ use minch::{
     blocking, http::StatusCode, Client, ConnectOptions, ConnectRequest, Error, Frame, Proxy,
     ProxyError,
 };
-use support::{pproxy, ExternalServer, TestServer};
+use support::{pproxy, pproxy_with, ExternalServer, TestServer};
 
 fn no_headers() -> Vec<(String, String)> {
     Vec::new()
@@ -381,4 +381,76 @@ async fn proxy_none_connects_directly() {
     )
     .await
     .unwrap();
+}
+
+/// pproxy speaking TLS (`http+ssl://`) with a certificate for 127.0.0.1 made here; returns it
+/// and the certificate's PEM.
+fn tls_pproxy(dir: &std::path::Path, auth: &str) -> (ExternalServer, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert_path, key_path) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    std::fs::write(&cert_path, certificate.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let files = format!("{},{}", cert_path.display(), key_path.display());
+    let proxy = pproxy_with(
+        &format!("http+ssl://127.0.0.1:PORT{auth}"),
+        &["--ssl", &files],
+    )
+    .unwrap_or_else(|e| panic!("pproxy: {e}"));
+    (proxy, certificate.pem())
+}
+
+#[actix_rt::test]
+async fn an_https_proxy_is_spoken_to_over_tls_and_wss_runs_inside() {
+    let dir = std::env::temp_dir().join(format!("minch-https-proxy-{}", std::process::id()));
+    let (proxy, proxy_pem) = tls_pproxy(&dir, "#user:pw");
+    let url = format!("https://user:pw@127.0.0.1:{}", proxy.port());
+    let server = TestServer::start();
+    let tls_server = TestServer::start_tls();
+    let trust_proxy = || minch::TlsOptions::default().add_root_pem(proxy_pem.clone());
+
+    // ws:// through it: TLS with the proxy only.
+    echo(&server.url("/echo"), through(&url).tls(trust_proxy()))
+        .await
+        .unwrap();
+    assert!(tunnelled(&proxy, &format!("127.0.0.1:{}", server.port())).await);
+    // wss:// through it: TLS with the server inside TLS with the proxy.
+    let both = trust_proxy().add_root_pem(tls_server.cert_pem());
+    echo(&tls_server.url_localhost("/echo"), through(&url).tls(both))
+        .await
+        .unwrap();
+    assert!(tunnelled(&proxy, &format!("localhost:{}", tls_server.port())).await);
+
+    // The proxy's certificate is checked: not trusted, a typed proxy TLS error.
+    let error = echo(&server.url("/echo"), through(&url)).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::Proxy {
+                error: ProxyError::Tls(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Wrong credentials inside the TLS: 407 as with a plain proxy.
+    let wrong = format!("https://user:bad@127.0.0.1:{}", proxy.port());
+    let error = echo(&server.url("/echo"), through(&wrong).tls(trust_proxy()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::Proxy {
+                error: ProxyError::AuthenticationRequired,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

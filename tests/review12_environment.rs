@@ -148,7 +148,12 @@ async fn checked_environment_edge_cases() {
 
     // NO_PROXY: leading dot, `*.` wildcard, upper case and a trailing dot on the entry all
     // match `localhost`; a suffix that is not at a dot does not.
-    for no_proxy in [".localhost", "*.LOCALHOST", "localhost.", " other , localhost "] {
+    for no_proxy in [
+        ".localhost",
+        "*.LOCALHOST",
+        "localhost.",
+        " other , localhost ",
+    ] {
         environment(&[("all_proxy", &dead), ("no_proxy", no_proxy)]);
         echo(&server.url_localhost("/echo"), ConnectOptions::default())
             .await
@@ -187,6 +192,9 @@ async fn checked_environment_edge_cases() {
         .unwrap_err();
     assert!(error.is_config(), "{error:?}");
     let shown = format!("{error} {error:?}");
-    assert!(shown.contains("http_proxy") && !shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("http_proxy") && !shown.contains("s3cret"),
+        "{shown}"
+    );
     environment(&[]);
 }

@@ -171,8 +171,7 @@ fn recording_socks5_proxy() -> (u16, Arc<Mutex<Vec<SocksRequest>>>) {
                     return;
                 }
                 let mut methods = vec![0u8; usize::from(greeting[1])];
-                if stream.read_exact(&mut methods).is_err() || stream.write_all(&[5, 0]).is_err()
-                {
+                if stream.read_exact(&mut methods).is_err() || stream.write_all(&[5, 0]).is_err() {
                     return;
                 }
                 let mut header = [0u8; 4];
@@ -221,7 +220,7 @@ fn long_host(prefix: &str, len: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS: socks5h:// with a host name over 255 bytes. minch builds `TargetAddr::Domain`
+// FAILED on af5c638, fixed since: socks5h:// with a host name over 255 bytes. minch builds `TargetAddr::Domain`
 // directly (src/proxy/tunnel.rs, socks5_connect), skipping the 255-byte check tokio-socks does
 // in its own conversions; tokio-socks then writes `len as u8` as the length byte and the whole
 // name after it. The proxy reads a different (truncated) name and takes two bytes of the
@@ -252,7 +251,7 @@ async fn socks5h_host_over_255_bytes_sends_a_malformed_request_to_another_host()
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS (panics): socks5h:// with a host name of 507 bytes or more. Same cause as above:
+// FAILED on af5c638 (panicked), fixed since: socks5h:// with a host name of 507 bytes or more. Same cause as above:
 // tokio-socks copies the name into its 513-byte buffer (`buf[5..5 + len]`, tokio-socks
 // src/tcp/socks5.rs:386) and panics with "range end index … out of range". The panic unwinds
 // through minch's connection task:
@@ -303,7 +302,7 @@ async fn socks5h_host_over_506_bytes_is_an_error_not_a_panic() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS: empty user info in an HTTP proxy URL (`http://@proxy`, `http://:@proxy`, what a
+// FAILED on af5c638, fixed since: empty user info in an HTTP proxy URL (`http://@proxy`, `http://:@proxy`, what a
 // template like `http://${USER}:${PASS}@proxy` gives with both unset) sends
 // `Proxy-Authorization: Basic Og==`. Python requests and reqwest send no header for an empty
 // user name; a proxy that lets anonymous clients through may answer 407 to the bogus
@@ -336,7 +335,7 @@ async fn empty_user_info_sends_no_proxy_authorization() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS: a `%` that does not start an escape in the proxy password (`http://user:50%off@…`,
+// FAILED on af5c638, fixed since: a `%` that does not start an escape in the proxy password (`http://user:50%off@…`,
 // common in `http_proxy` values) makes the whole proxy URL `Error::InvalidOptions`: the actor
 // client stops, and the simple API cannot connect, with a variable that curl, Python and
 // reqwest accept (they keep an invalid escape as it is). Cause: src/proxy/mod.rs
@@ -363,7 +362,7 @@ async fn a_literal_percent_in_the_proxy_password_is_kept_like_curl() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS: a SOCKS5 reply code outside 1–8 (RFC 1928 leaves 9–255 unassigned; some proxies use
+// FAILED on af5c638, fixed since: a SOCKS5 reply code outside 1–8 (RFC 1928 leaves 9–255 unassigned; some proxies use
 // them) is reported as "its answer is not valid: SOCKS5: Unknown auth method", though
 // authentication went fine and the proxy refused the CONNECT. `ProxyError::SocksReply` even
 // has a Display for unknown codes. Cause: tokio-socks maps an unknown reply code to
@@ -397,7 +396,7 @@ async fn an_unknown_socks5_reply_code_is_not_reported_as_an_auth_method() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS: an informational (1xx) answer before the 200 is taken as the final answer:
+// FAILED on af5c638, fixed since: an informational (1xx) answer before the 200 is taken as the final answer:
 // `ProxyError::Refused(100 Continue)`, "it refused to open a tunnel to the server with HTTP
 // 100 Continue". RFC 9110 §15.2: a client must accept 1xx answers before the final one and
 // ignore those it does not expect. Cause: src/proxy/tunnel.rs `http_connect` checks
@@ -420,7 +419,7 @@ async fn an_informational_answer_before_the_200_is_skipped() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FAILS: issue 12 asks for "an HTTP proxy (CONNECT tunnel, `http://` or `https://` to the
+// FAILED on af5c638, fixed since: issue 12 asks for "an HTTP proxy (CONNECT tunnel, `http://` or `https://` to the
 // proxy)"; an `https://` proxy URL is `Error::InvalidOptions` ("not supported yet"), so a
 // `HTTPS_PROXY=https://proxy:443` environment stops the actor client for every wss:// URL.
 // Cause: src/proxy/mod.rs `ProxyEndpoint::parse`, "https" arm. Expected: TLS to the proxy
@@ -443,10 +442,13 @@ async fn an_https_proxy_url_speaks_tls_to_the_proxy() {
             }
         }
     });
-    let options = through(&format!("https://127.0.0.1:{port}"))
-        .connect_timeout(Duration::from_secs(1));
+    let options =
+        through(&format!("https://127.0.0.1:{port}")).connect_timeout(Duration::from_secs(1));
     let error = connect_error(&server.url("/echo"), options).await;
-    assert!(!error.is_config(), "refused as a configuration error: {error}");
+    assert!(
+        !error.is_config(),
+        "refused as a configuration error: {error}"
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         *first.lock().unwrap(),
@@ -479,15 +481,19 @@ async fn checked_a_trickling_proxy_answer_is_bounded_by_connect_timeout() {
             std::thread::sleep(Duration::from_secs(5));
         }
     });
-    let options = through(&format!("http://127.0.0.1:{port}"))
-        .connect_timeout(Duration::from_millis(500));
+    let options =
+        through(&format!("http://127.0.0.1:{port}")).connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
     let error = connect_error(&server.url("/echo"), options).await;
     assert!(
         matches!(error, Error::Timeout(minch::Timeout::Connect)),
         "{error:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// 3xx is a refusal with its status (not followed); a huge answer head is refused, bounded.

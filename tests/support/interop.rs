@@ -109,7 +109,7 @@ import socket
 import sys
 import threading
 
-listen, lifetime = sys.argv[1], float(sys.argv[2])
+listen, lifetime, extra = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 probe = socket.socket()
 probe.bind(("127.0.0.1", 0))
 port = probe.getsockname()[1]
@@ -125,7 +125,7 @@ threading.Thread(target=watch_stdin, daemon=True).start()
 threading.Timer(lifetime, lambda: os._exit(0)).start()
 asyncio.set_event_loop(asyncio.new_event_loop())
 # --auth 0: credentials are checked on every connection, not remembered per client address.
-sys.argv = ["pproxy", "-l", listen.replace("PORT", str(port)), "--auth", "0", "-v"]
+sys.argv = ["pproxy", "-l", listen.replace("PORT", str(port)), "--auth", "0", "-v", *extra]
 from pproxy.server import main
 
 print(port, flush=True)
@@ -315,12 +315,19 @@ pub fn python_echo_server_with(compression: PeerCompression) -> Result<ExternalS
 /// `http+socks5://127.0.0.1:PORT` (both on one port). Returns once it accepts connections;
 /// its log (`-v`: one line per tunnel, `http 127.0.0.1:x -> host:port`) is in `stderr()`.
 pub fn pproxy(listen: &str) -> Result<ExternalServer, String> {
+    pproxy_with(listen, &[])
+}
+
+/// [`pproxy`] with more arguments, e.g. `["--ssl", "cert.pem,key.pem"]` for an
+/// `http+ssl://` listener.
+pub fn pproxy_with(listen: &str, args: &[&str]) -> Result<ExternalServer, String> {
     let venv = provision_python()?;
     let script = write_script(&interop_dir(), "pproxy_server.py", PPROXY_PY)?;
     let mut cmd = Command::new(venv.join("bin").join("python"));
     cmd.arg(&script)
         .arg(listen)
-        .arg(SERVER_LIFETIME_SECS.to_string());
+        .arg(SERVER_LIFETIME_SECS.to_string())
+        .args(args);
     let server = start_child("pproxy", cmd)?;
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err() {

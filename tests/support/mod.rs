@@ -32,7 +32,7 @@ pub mod stream;
 pub use self::bg::MAX_PEER_LIFETIME;
 pub use self::eventlog::EventLog;
 pub use self::interop::{
-    interop_dir, node_echo_server, node_echo_server_with, pproxy, python_echo_server,
+    interop_dir, node_echo_server, node_echo_server_with, pproxy, pproxy_with, python_echo_server,
     python_echo_server_with, python_unix_echo_server, ExternalServer, PeerCompression,
     NODE_WS_VERSION, PY_WEBSOCKETS_VERSION,
 };
