@@ -24,9 +24,9 @@ use std::{
 };
 
 use support::{
-    close_frame, node_echo_server, opcode, python_echo_server, scripted_ws_server,
-    scripted_ws_server_seq, silent_tcp_server, text_frame, ExternalServer, RawFrame, ServerEvent,
-    Step, TestServer,
+    close_frame, node_echo_server, opcode, pproxy, python_echo_server, python_unix_echo_server,
+    scripted_ws_server, scripted_ws_server_seq, silent_tcp_server, text_frame, ExternalServer,
+    RawFrame, ServerEvent, Step, TestServer,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_minch");
@@ -781,6 +781,144 @@ fn tls_with_a_ca_file_or_insecure() {
         "{}",
         insecure.stderr
     );
+}
+
+// ---- proxies and Unix sockets --------------------------------------------------------------
+
+#[test]
+fn through_a_proxy_from_the_flag_or_the_environment() {
+    let server = TestServer::start();
+    let url = server.url("/echo");
+    let proxy = pproxy("http://127.0.0.1:PORT#user:S3CRETPW").expect("pproxy");
+    let proxy_url = format!("http://user:S3CRETPW@127.0.0.1:{}", proxy.port());
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let echo_args = |extra: &[&str]| {
+        let mut args = vec![
+            url.as_str(),
+            "--send",
+            "via",
+            "--count",
+            "1",
+            "--no-stdin",
+            "-v",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let without_proxy_variables = |command: &mut Command| {
+        for name in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            command.env_remove(name);
+        }
+    };
+
+    let args = echo_args(&["--proxy", &proxy_url]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let flagged = minch_with(&args, without_proxy_variables).finish();
+    flagged.assert_code(0);
+    assert_eq!(flagged.stdout, "via\n");
+    assert!(!flagged.stderr.contains("S3CRETPW"), "{}", flagged.stderr);
+    assert!(proxy
+        .stderr()
+        .contains(&format!("-> 127.0.0.1:{}", server.port())));
+
+    // From the environment, and `--proxy none` over it.
+    let args = echo_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let from_env = minch_with(&args, |command| {
+        without_proxy_variables(command);
+        command.env("http_proxy", &proxy_url);
+    })
+    .finish();
+    from_env.assert_code(0);
+    assert!(!from_env.stderr.contains("S3CRETPW"), "{}", from_env.stderr);
+    assert_eq!(
+        proxy
+            .stderr()
+            .matches(&format!("-> 127.0.0.1:{}", server.port()))
+            .count(),
+        2
+    );
+    let args = echo_args(&["--proxy", "none"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let direct = minch_with(&args, |command| {
+        without_proxy_variables(command);
+        command.env("http_proxy", &dead);
+    })
+    .finish();
+    direct.assert_code(0);
+
+    // A dead proxy: could not connect (3); a proxy URL that cannot be used: usage (2).
+    let args = echo_args(&["--proxy", &dead]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let failed = minch_with(&args, without_proxy_variables).finish();
+    failed.assert_code(3);
+    assert!(failed.stderr.contains("proxy"), "{}", failed.stderr);
+    let args = echo_args(&["--proxy", "ftp://user:S3CRETPW@127.0.0.1:1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let unusable = minch_with(&args, without_proxy_variables).finish();
+    unusable.assert_code(2);
+    assert!(!unusable.stderr.contains("S3CRETPW"), "{}", unusable.stderr);
+}
+
+#[test]
+fn over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("minch-cli-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("echo.sock");
+    let _server = python_unix_echo_server(&socket, None).expect("python unix server");
+    let ended = minch(&[
+        "ws://localhost/",
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "--send",
+        "local",
+        "--count",
+        "1",
+        "--no-stdin",
+    ])
+    .finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    ended.assert_code(0);
+    assert_eq!(ended.stdout, "local\n");
+}
+
+#[test]
+fn a_client_certificate_needs_both_files_and_readable_pem() {
+    let server = TestServer::start_tls();
+    let url = server.url("/echo");
+    let only_cert = minch(&[&url, "--cert", "/nonexistent.pem", "--no-stdin"]).finish();
+    only_cert.assert_code(2);
+    let dir = std::env::temp_dir().join(format!("minch-cli-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let path = not_pem.to_str().unwrap();
+    let unusable = minch(&[&url, "--cert", path, "--key", path, "--no-stdin"]).finish();
+    let missing = minch(&[
+        &url,
+        "--cert",
+        "/nonexistent.pem",
+        "--key",
+        path,
+        "--no-stdin",
+    ])
+    .finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    unusable.assert_code(2);
+    assert!(
+        unusable.stderr.contains("certificate"),
+        "{}",
+        unusable.stderr
+    );
+    missing.assert_code(2);
+    assert!(missing.stderr.contains("--cert"), "{}", missing.stderr);
 }
 
 // ---- another server ----------------------------------------------------------------------

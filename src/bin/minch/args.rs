@@ -4,7 +4,7 @@
 use std::{fmt, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use minch::{ConnectOptions, ConnectRequest, TlsOptions};
+use minch::{ConnectOptions, ConnectRequest, Proxy, TlsOptions};
 
 /// Shown after the options in `--help`: examples, exit codes, what is left out.
 const AFTER_HELP: &str = "\
@@ -43,7 +43,7 @@ Exit codes:
        closed normally (code 1000, 1001 or no code)
     1  the connection ended before --count frames arrived, or another failure
     2  usage error: bad arguments, invalid URL or header, unreadable --ca-file
-    3  could not connect: DNS, TCP, TLS, a connect/upgrade timeout, invalid handshake
+    3  could not connect: DNS, TCP, TLS, proxy, a connect/upgrade timeout, invalid handshake
     4  the server rejected the WebSocket upgrade (an HTTP status other than 101)
     5  the server broke the WebSocket protocol
     6  --timeout elapsed
@@ -53,7 +53,7 @@ Exit codes:
 With --reconnect every failure but a usage error is retried, so only 0, 2, 6 and 130 end it.
 
 Compression (permessage-deflate) is offered by default; --no-compression turns it off.
-Not yet supported by the library: proxies (--proxy).";
+Proxies come from --proxy, else from https_proxy, http_proxy, all_proxy and no_proxy.";
 
 /// An interactive and scriptable WebSocket client, built on minch's actor client: with
 /// --reconnect it stays connected, reconnecting with backoff.
@@ -82,6 +82,28 @@ pub struct Args {
     /// Do not verify the server's TLS certificate (a warning is printed): tests only.
     #[arg(short = 'k', long)]
     pub insecure: bool,
+
+    /// Also trust the operating system's root certificates for wss://.
+    #[arg(long)]
+    pub native_roots: bool,
+
+    /// Present this client certificate chain (PEM) for mutual TLS; needs --key.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Connect through this proxy: http://[user:password@]host:port, https://…, socks5://…
+    /// or socks5h://…; "none" to connect directly. [default: from https_proxy, http_proxy,
+    /// all_proxy and no_proxy]
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+
+    /// Connect to the server on this Unix domain socket; the URL gives the path and Host.
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
 
     /// Reconnect when the connection ends or an attempt fails, after minch's backoff delay
     /// (200 ms, 800 ms, 1.8 s, … up to 30 s). Without it, exit when the connection ends.
@@ -252,7 +274,25 @@ impl Args {
                 .tls_timeout(timeout)
                 .upgrade_timeout(timeout);
         }
-        let mut tls = TlsOptions::default().danger_accept_invalid_certs(self.insecure);
+        if let Some(proxy) = &self.proxy {
+            options = options.proxy(match proxy.as_str() {
+                "none" => Proxy::None,
+                url => Proxy::url(url),
+            });
+        }
+        if let Some(path) = &self.unix_socket {
+            options = options.unix_socket(path.clone());
+        }
+        let mut tls = TlsOptions::default()
+            .danger_accept_invalid_certs(self.insecure)
+            .native_roots(self.native_roots);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let read = |flag: &str, path: &PathBuf| {
+                std::fs::read(path)
+                    .map_err(|error| format!("cannot read {flag} {}: {error}", path.display()))
+            };
+            tls = tls.client_certificate_pem(read("--cert", cert)?, read("--key", key)?);
+        }
         if let Some(path) = &self.ca_file {
             let pem = std::fs::read_to_string(path)
                 .map_err(|error| format!("cannot read --ca-file {}: {error}", path.display()))?;

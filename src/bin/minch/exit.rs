@@ -12,7 +12,7 @@ pub enum Exit {
     Failed,
     /// Bad arguments, an invalid URL or header, an unreadable `--ca-file`.
     Usage,
-    /// DNS, TCP, TLS, a connect/upgrade timeout, an invalid handshake response.
+    /// DNS, TCP, TLS, the proxy, a connect/upgrade timeout, an invalid handshake response.
     Connect,
     /// The server answered the upgrade with a status other than 101.
     Rejected,
@@ -67,7 +67,9 @@ impl Exit {
             return Exit::Usage;
         }
         match error {
-            Error::Connect(_) | Error::Tls(_) | Error::Handshake(_) => Exit::Connect,
+            Error::Connect(_) | Error::Tls(_) | Error::Proxy { .. } | Error::Handshake(_) => {
+                Exit::Connect
+            }
             Error::Timeout(Timeout::Connect | Timeout::Tls | Timeout::Upgrade) => Exit::Connect,
             Error::Rejected { .. } => Exit::Rejected,
             Error::Protocol(_) => Exit::Protocol,
