@@ -9,7 +9,6 @@ use std::{
     cell::{Cell, RefCell, RefMut},
     collections::VecDeque,
     io,
-    pin::Pin,
     rc::{Rc, Weak},
     task::{Context, Poll, Waker},
     time::SystemTime,
@@ -307,7 +306,7 @@ impl Connection {
     /// lets control frames go between the frames of a message).
     pub(crate) fn send_ping(&mut self, payload: Bytes) {
         // Keepalive runs on a quiet connection's clock: a good moment to give memory back.
-        self.transport.codec_mut().release_idle_compression();
+        self.transport.release_idle();
         if !self.close_queued {
             let _ = self.encode(Frame::Ping(payload));
         }
@@ -376,7 +375,7 @@ impl Connection {
     fn encode(&mut self, frame: Frame) -> Result<(), SendError> {
         let payload = frame.payload_len();
         self.close_written |= matches!(frame, Frame::Close(_));
-        match Pin::new(&mut self.transport).write(frame) {
+        match self.transport.write(frame) {
             Ok(()) => {
                 self.buffered += self.transport.codec_ref().last_encoded_len();
                 self.counters.frames_out += 1;
@@ -397,7 +396,7 @@ impl Connection {
                 self.write_owed_pong();
             }
             if self.buffered > 0 {
-                match Pin::new(&mut self.transport).flush::<Frame>(cx) {
+                match self.transport.flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.buffered = 0;
                         self.deliveries.complete_all(Ok(()));

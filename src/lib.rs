@@ -234,6 +234,7 @@ mod connection;
 mod connector;
 mod error;
 mod frame;
+mod framed;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzz_api;

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use actix_codec::Framed;
 use awc::{
     error::{ConnectError, SendRequestError, WsClientError},
     http::{
@@ -21,13 +20,14 @@ use crate::{
     compression::{Agreed, Deflate},
     connector::{Connector, Handshake},
     error::Timeout,
+    framed::Framed,
     options::{redact_url, ConnectRequest},
     protocol::Codec,
     Error,
 };
 
 /// An open WebSocket connection, framed by our codec.
-pub(crate) type Transport = Framed<BoxedSocket, Codec>;
+pub(crate) type Transport = Framed<BoxedSocket>;
 
 /// The server's answer to a successful upgrade.
 #[derive(Debug, Clone)]
@@ -181,8 +181,10 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         options.compression.as_ref(),
     )?;
 
-    // `into_map_codec` keeps the read buffer: frames that arrived together with the 101 stay.
-    let transport = framed.into_map_codec(|_| Codec::with_compression(options.limits(), deflate));
+    // Frames that arrived together with the 101 stay in the read buffer handed over.
+    let parts = framed.into_parts();
+    let codec = Codec::with_compression(options.limits(), deflate);
+    let transport = Framed::new(parts.io, codec, parts.read_buf);
     Ok((response, transport))
 }
 

@@ -604,7 +604,7 @@ impl<H: MinchHandler> Client<H> {
             let Some(mut conn) = self.connection(generation) else {
                 break;
             };
-            let item = Pin::new(&mut conn.transport).next_item(cx);
+            let item = conn.transport.next_item(cx);
             if let Poll::Ready(Some(Ok(frame))) = &item {
                 conn.counters.frames_in += 1;
                 conn.counters.bytes_in += frame.payload_len() as u64;

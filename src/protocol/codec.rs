@@ -99,6 +99,11 @@ impl Codec {
         self.last_encoded_len
     }
 
+    /// A frame header has been read and its payload has not all arrived.
+    pub(crate) fn awaits_payload(&self) -> bool {
+        self.incoming.is_some()
+    }
+
     /// Gives back compression memory not used since the last call: the connection calls this
     /// at every keepalive ping, so a connection that stopped sending holds no compressor after
     /// two ping intervals, nor an inflater if the server keeps no context.
