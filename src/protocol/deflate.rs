@@ -24,6 +24,8 @@ const STEP_MIN: usize = 256;
 /// How many times its compressed size a message is assumed to inflate to, for the first step's
 /// room: JSON with context takeover inflates 5 to 10 times.
 const INFLATE_RATIO_GUESS: usize = 8;
+/// ... up to this much room: beyond, twice the input.
+const GUESS_MAX: usize = 64 * 1024;
 /// The output room zlib's fast inflate loop needs beyond what it writes (its longest match).
 const FAST_INFLATE_ROOM: usize = 258;
 
@@ -228,8 +230,11 @@ impl Decompressor {
         let mut input = input;
         // Room for what text typically inflates to in one step, with the 258 bytes past it
         // that zlib's fast loop needs: fewer calls, and fewer in its slow byte-at-a-time path.
-        let mut room =
-            (input.len() * INFLATE_RATIO_GUESS + FAST_INFLATE_ROOM).clamp(STEP_MIN, STEP_MAX);
+        // Large inputs are not assumed to inflate as much (the room is zero-filled).
+        let guess = (input.len() * INFLATE_RATIO_GUESS)
+            .min(GUESS_MAX)
+            .max(input.len() * 2);
+        let mut room = (guess + FAST_INFLATE_ROOM).clamp(STEP_MIN, STEP_MAX);
         loop {
             // One byte past the limit is room enough to prove the message is too large.
             let room_left = limit.saturating_add(1) - message.len().min(limit);
