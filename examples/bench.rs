@@ -25,6 +25,8 @@
 //!   that owns a client does: each message goes out with a fire-and-forget
 //!   `do_send(SendFrame)`, and `handle_frame` hands each echo over a channel to the program,
 //!   which runs the stream clients' loop;
+//! - `minch-addr-batch`: the same, with the messages fed between two flushes sent as one
+//!   `do_send(SendFrames)`;
 //! - `minch-simple`: `minch::connect` → `(Connection, Frames)`, the `Connection` as a `Sink`
 //!   of frames (`feed`, `flush`) and `Frames` as a `Stream` (`next`, `now_or_never` to see
 //!   whether an echo is ready);
@@ -376,7 +378,7 @@ impl Sizes {
 fn usage() -> ! {
     eprintln!(
         "usage:\n  bench [--quick] [--runs N] [--scenario rtt,pipeline,bulk,fragmented,fanout,compressed]\n        \
-         [--clients minch-actor,minch-addr,minch-simple,minch-blocking,raw-awc,tokio-tungstenite,yawc] [--pin both|on|off]\n        \
+         [--clients minch-actor,minch-addr,minch-addr-batch,minch-simple,minch-blocking,raw-awc,tokio-tungstenite,yawc] [--pin both|on|off]\n        \
          [--conns N] [--raw] [--url ws://HOST:PORT/ (a running bench server; for compressed scenarios, `server --deflate`)]\n  \
          compressed = deflate-rtt,deflate-pipeline,deflate-pipeline-nct,deflate-fanout-idle,deflate-fanout,deflate-fanout-nct\n  \
          bench server [--port P] [--deflate]\n  \

@@ -237,10 +237,11 @@ impl Results {
 /// and blocking APIs over its actor.
 fn ratio_pairs(clients: &[ClientKind]) -> Vec<(ClientKind, ClientKind)> {
     use ClientKind::{
-        MinchActor, MinchAddr, MinchBlocking, MinchSimple, RawAwc, Tungstenite, Yawc,
+        MinchActor, MinchAddr, MinchAddrBatch, MinchBlocking, MinchSimple, RawAwc, Tungstenite,
+        Yawc,
     };
     let mut pairs = Vec::new();
-    for minch in [MinchActor, MinchAddr, MinchSimple] {
+    for minch in [MinchActor, MinchAddr, MinchAddrBatch, MinchSimple] {
         for base in [RawAwc, Tungstenite] {
             pairs.push((minch, base));
         }
@@ -312,7 +313,7 @@ fn targets(of: ClientKind) -> Vec<Target> {
 /// The targets of minch's simple and blocking APIs against its actor (issue 10), and of the
 /// actor driven through its address against raw awc (issue 13).
 fn api_targets() -> Vec<Target> {
-    use ClientKind::{MinchActor, MinchAddr, MinchBlocking, MinchSimple, RawAwc};
+    use ClientKind::{MinchActor, MinchAddr, MinchAddrBatch, MinchBlocking, MinchSimple, RawAwc};
     let ratio = |scenario, of, over, min| Target::Ratio {
         scenario,
         metric: Metric::MsgsPerSec,
@@ -326,6 +327,7 @@ fn api_targets() -> Vec<Target> {
         ratio("pipeline", MinchBlocking, MinchActor, 0.50),
         ratio("rtt", MinchAddr, RawAwc, 1.0),
         ratio("pipeline", MinchAddr, RawAwc, 1.0),
+        ratio("pipeline", MinchAddrBatch, RawAwc, 1.2),
     ]
 }
 

@@ -1,12 +1,13 @@
 //! minch's actor client driven from outside, through its address — the main path of a program
 //! that owns a client: each message goes out with a fire-and-forget `do_send(SendFrame)`, and
 //! `handle_frame` hands each echo to the program over a channel. The program runs the same
-//! loop as the stream clients.
+//! loop as the stream clients. `AddrConn<true>` (`minch-addr-batch`) gathers the messages fed
+//! between two flushes and sends them as one `do_send(SendFrames)`.
 
 use actix::Addr;
 use minch::{
     Client, ClientContext, ConnectRequest, DisconnectReason, Frame, MinchHandler, Reconnect, Reply,
-    Response, SendFrame,
+    Response, SendFrame, SendFrames,
 };
 use tokio::sync::mpsc;
 
@@ -64,12 +65,14 @@ impl MinchHandler for Forward {
     }
 }
 
-pub struct AddrConn {
+pub struct AddrConn<const BATCHED: bool> {
     client: Addr<Client<Forward>>,
     events: mpsc::UnboundedReceiver<Event>,
+    /// The batch being gathered (`BATCHED` only).
+    batch: Vec<Frame>,
 }
 
-impl AddrConn {
+impl<const BATCHED: bool> AddrConn<BATCHED> {
     fn on(event: Option<Event>) -> Option<Result<usize, String>> {
         match event {
             Some(Event::Echo(len)) => Some(Ok(len)),
@@ -80,7 +83,7 @@ impl AddrConn {
     }
 }
 
-impl EchoConn for AddrConn {
+impl<const BATCHED: bool> EchoConn for AddrConn<BATCHED> {
     async fn connect(url: &str) -> Result<Self, String> {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let client = Client::start(Forward {
@@ -88,19 +91,31 @@ impl EchoConn for AddrConn {
             events: events_tx,
         });
         match events.recv().await {
-            Some(Event::Connected) => Ok(AddrConn { client, events }),
+            Some(Event::Connected) => Ok(AddrConn {
+                client,
+                events,
+                batch: Vec::new(),
+            }),
             Some(Event::Ended(reason)) => Err(reason),
             _ => Err("the client stopped before connecting".into()),
         }
     }
 
     async fn feed(&mut self, payload: &Payload) -> Result<(), String> {
-        self.client.do_send(SendFrame(payload.minch_frame()));
+        if BATCHED {
+            self.batch.push(payload.minch_frame());
+        } else {
+            self.client.do_send(SendFrame(payload.minch_frame()));
+        }
         Ok(())
     }
 
-    /// Every `do_send` is written by the client on its own: nothing to flush.
+    /// Unbatched, every `do_send` is written by the client on its own: nothing to flush.
     async fn flush(&mut self) -> Result<(), String> {
+        if BATCHED && !self.batch.is_empty() {
+            self.client
+                .do_send(SendFrames(std::mem::take(&mut self.batch)));
+        }
         Ok(())
     }
 

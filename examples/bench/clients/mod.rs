@@ -33,6 +33,7 @@ use crate::sys;
 pub enum ClientKind {
     MinchActor,
     MinchAddr,
+    MinchAddrBatch,
     MinchSimple,
     MinchBlocking,
     RawAwc,
@@ -45,6 +46,7 @@ impl ClientKind {
         match self {
             ClientKind::MinchActor => "minch-actor",
             ClientKind::MinchAddr => "minch-addr",
+            ClientKind::MinchAddrBatch => "minch-addr-batch",
             ClientKind::MinchSimple => "minch-simple",
             ClientKind::MinchBlocking => "minch-blocking",
             ClientKind::RawAwc => "raw-awc",
@@ -57,6 +59,7 @@ impl ClientKind {
         match self {
             ClientKind::MinchActor => "actor",
             ClientKind::MinchAddr => "addr",
+            ClientKind::MinchAddrBatch => "addr-batch",
             ClientKind::MinchSimple => "simple",
             ClientKind::MinchBlocking => "blocking",
             ClientKind::RawAwc => "awc",
@@ -69,6 +72,7 @@ impl ClientKind {
         vec![
             ClientKind::MinchActor,
             ClientKind::MinchAddr,
+            ClientKind::MinchAddrBatch,
             ClientKind::MinchSimple,
             ClientKind::MinchBlocking,
             ClientKind::RawAwc,
@@ -272,7 +276,8 @@ pub async fn run_job(kind: ClientKind, url: &str, job: &Job) -> Result<JobResult
     let run = async {
         match kind {
             ClientKind::MinchActor => minch_actor::run_job(url, job).await,
-            ClientKind::MinchAddr => with_conn::<minch_addr::AddrConn>(url, job).await,
+            ClientKind::MinchAddr => with_conn::<minch_addr::AddrConn<false>>(url, job).await,
+            ClientKind::MinchAddrBatch => with_conn::<minch_addr::AddrConn<true>>(url, job).await,
             ClientKind::MinchSimple => with_conn::<minch_simple::SimpleConn>(url, job).await,
             ClientKind::MinchBlocking => minch_blocking::run_job(url, job).await,
             ClientKind::RawAwc => with_conn::<awc_raw::AwcConn>(url, job).await,
@@ -293,7 +298,12 @@ pub async fn fanout(
     let run = async {
         match kind {
             ClientKind::MinchActor => minch_actor::fanout(url, params).await,
-            ClientKind::MinchAddr => fanout_streams::<minch_addr::AddrConn>(url, params).await,
+            ClientKind::MinchAddr => {
+                fanout_streams::<minch_addr::AddrConn<false>>(url, params).await
+            }
+            ClientKind::MinchAddrBatch => {
+                fanout_streams::<minch_addr::AddrConn<true>>(url, params).await
+            }
             ClientKind::MinchSimple => {
                 fanout_streams::<minch_simple::SimpleConn>(url, params).await
             }
