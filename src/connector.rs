@@ -703,10 +703,16 @@ impl Service<ConnectInfo<Uri>> for Connector {
                 Some(config) => {
                     let tls =
                         actix_tls::connect::rustls_0_23::TlsConnector::service(config.clone());
+                    // The name TLS checks is the URL's host without the brackets of an IPv6
+                    // literal: rustls takes `::1` as an address, and `[::1]` as no name at all.
+                    let (socket, origin) = tcp.into_parts();
+                    let server_name =
+                        TlsServerName(bare_host(origin.host().unwrap_or_default()).to_owned());
+                    let tcp = Connection::new(server_name, socket);
                     match actix_rt::time::timeout(this.tls_timeout, tls.call(tcp)).await {
                         Ok(Ok(connection)) => {
-                            let (io, connection) = connection.replace_io(());
-                            connection.replace_io(Io::Tls(Box::new(io))).1
+                            let (io, _) = connection.into_parts();
+                            Connection::new(origin, Io::Tls(Box::new(io)))
                         }
                         Ok(Err(error)) => {
                             let kind = error.kind();
@@ -740,6 +746,24 @@ impl Service<ConnectInfo<Uri>> for Connector {
     }
 }
 
+/// A host as a URL spells it, without the brackets around an IPv6 literal.
+pub(crate) fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The name a TLS connection is checked against (a DNS name or an IP address, bare).
+#[cfg(feature = "tls")]
+struct TlsServerName(String);
+
+#[cfg(feature = "tls")]
+impl actix_tls::connect::Host for TlsServerName {
+    fn hostname(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Connector {
     /// TCP to the proxy and a tunnel through it to the host `request` names; the connection
     /// comes back as if made to that host, so TLS checks the host's name.
@@ -758,10 +782,7 @@ impl Connector {
             .await
             .map_err(|error| unreachable(error.to_string()))?;
         let (tcp, _) = to_proxy.into_parts();
-        let host = request
-            .hostname()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let host = bare_host(request.hostname());
         log::debug!(
             "opening a tunnel through {} to port {}",
             proxy.shown(),

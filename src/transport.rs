@@ -73,7 +73,7 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         options.tls_timeout,
     );
     let origin_host = uri.host().unwrap_or_default();
-    let origin_host = origin_host.trim_start_matches('[').trim_end_matches(']');
+    let origin_host = crate::connector::bare_host(origin_host);
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let connector = match &options.unix_socket {
         #[cfg(unix)]

@@ -102,11 +102,13 @@ pub struct Args {
     pub proxy: Option<String>,
 
     /// Connect to the server on this Unix domain socket; the URL gives the path and Host.
-    #[arg(long, value_name = "PATH")]
+    /// (No proxy applies to a Unix socket: --proxy cannot go with it.)
+    #[arg(long, value_name = "PATH", conflicts_with = "proxy")]
     pub unix_socket: Option<PathBuf>,
 
     /// Reconnect when the connection ends or an attempt fails, after minch's backoff delay
-    /// (200 ms, 800 ms, 1.8 s, … up to 30 s). Without it, exit when the connection ends.
+    /// (200 ms, 800 ms, 1.8 s, … up to 30 s), or the Retry-After of a 429 or 503 if longer
+    /// (up to 30 s). Without it, exit when the connection ends.
     #[arg(short, long)]
     pub reconnect: bool,
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use minch::{
-    backoff_duration, BackoffOptions, ClientContext, CloseFrame, ConnectRequest, DisconnectReason,
+    reconnect_delay, BackoffOptions, ClientContext, CloseFrame, ConnectRequest, DisconnectReason,
     Error, Frame, MinchHandler, Reconnect, Reply, Response, StopReason,
 };
 use tokio::sync::{oneshot, watch};
@@ -285,7 +285,8 @@ impl MinchHandler for Session {
             return Reconnect::Stop;
         }
         if self.settings.reconnect {
-            let delay = backoff_duration(attempt, BackoffOptions::default());
+            // As the library's default: at least what a 429 or 503 asked for in Retry-After.
+            let delay = reconnect_delay(reason.error(), attempt, BackoffOptions::default());
             self.printer.status(&format!("{ended}: {reason}"));
             self.printer.status(&format!(
                 "reconnecting in {} (attempt {attempt})",
