@@ -675,7 +675,7 @@ impl Service<ConnectInfo<Uri>> for Connector {
                     Route::Direct => this.tcp.call(request).await.map(tcp).map_err(Failed::Tcp),
                     Route::Proxy(proxy) => this.tunnel(proxy, request).await.map_err(Failed::Minch),
                     #[cfg(unix)]
-                    Route::Unix(path) => match actix_rt::net::UnixStream::connect(path).await {
+                    Route::Unix(path) => match connect_unix(path).await {
                         Ok(unix) => Ok(Connection::new(
                             request.request().clone(),
                             Socket::Unix(unix),
@@ -743,6 +743,23 @@ impl Service<ConnectInfo<Uri>> for Connector {
             };
             Ok(connection.replace_io(stream).1)
         })
+    }
+}
+
+/// Connects to the Unix socket at `path`. A listener whose backlog is full answers at once
+/// (`EAGAIN`, where TCP would wait for room): that is retried, a little later each time, for as
+/// long as the caller's `connect_timeout` lets it.
+#[cfg(unix)]
+async fn connect_unix(path: &std::path::Path) -> io::Result<actix_rt::net::UnixStream> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match actix_rt::net::UnixStream::connect(path).await {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                actix_rt::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
     }
 }
 
