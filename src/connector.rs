@@ -13,7 +13,7 @@ use std::{
     fmt, io,
     pin::Pin,
     rc::Rc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -233,6 +233,7 @@ impl Handshake {
     /// bytes of the body, reading the rest of the body from the socket until `deadline`.
     pub(crate) async fn rejection(&self, status: StatusCode, deadline: Instant) -> Rejection {
         self.over.set(true);
+        let arrived = Instant::now();
         let recorded = std::mem::take(&mut *self.recorded.borrow_mut());
         let io = self.returned.borrow_mut().take();
         let Some(head) = parse_head(&recorded) else {
@@ -241,6 +242,8 @@ impl Handshake {
         };
         let mut body = BodyReader::new(status, &head.headers);
         let mut done = body.feed(&recorded[head.len..]);
+        // Time spent waiting for the body, not counted in a Retry-After given in seconds.
+        let mut waited = Duration::ZERO;
         if let (false, Some(mut io)) = (done, io) {
             let mut buf = vec![0; 16 * 1024];
             let reading = async {
@@ -255,9 +258,10 @@ impl Handshake {
             };
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = actix_rt::time::timeout(left, reading).await;
+            waited = arrived.elapsed();
         }
         let complete = body.is_complete();
-        Rejection::received(head.headers, body.into_body(), complete)
+        Rejection::received(head.headers, body.into_body(), complete).arrived_ago(waited)
     }
 }
 
@@ -474,6 +478,51 @@ impl BodyReader {
 pub(crate) struct Stream {
     io: Option<Io>,
     handshake: Option<Rc<Handshake>>,
+    /// Until the final answer to the upgrade begins: interim answers are taken out.
+    interim: Option<InterimAnswers>,
+}
+
+/// What the server sent before its final answer to the upgrade, with interim (1xx) answers
+/// taken out: RFC 9110 §15.2 has clients skip any number of them (`103 Early Hints`, say), and
+/// awc would take the first for the answer.
+#[derive(Default)]
+struct InterimAnswers {
+    /// Bytes read and not handed on yet.
+    pending: Vec<u8>,
+    /// The final answer begins at the start of `pending`: hand it all on.
+    final_answer: bool,
+}
+
+/// The longest interim answer looked for; anything longer is handed on as it is.
+const MAX_INTERIM_ANSWER: usize = 16 * 1024;
+
+impl InterimAnswers {
+    /// Takes out the interim answers at the start of `pending`; sets `final_answer` once what
+    /// starts it is something else (a final answer, or bytes that are no answer at all).
+    fn skip_interim(&mut self) {
+        while !self.final_answer {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut answer = httparse::Response::new(&mut headers);
+            let parsed = answer.parse(&self.pending);
+            let interim = answer
+                .code
+                .is_some_and(|code| (100..200).contains(&code) && code != 101);
+            match parsed {
+                Ok(httparse::Status::Complete(len)) if interim => {
+                    log::debug!("skipped an interim answer {:?}", answer.code);
+                    self.pending.drain(..len);
+                }
+                // Not all here yet: wait for more, unless it is not an interim answer.
+                Ok(httparse::Status::Partial)
+                    if (interim || answer.code.is_none())
+                        && self.pending.len() < MAX_INTERIM_ANSWER =>
+                {
+                    return
+                }
+                _ => self.final_answer = true,
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Stream {
@@ -483,6 +532,48 @@ impl fmt::Debug for Stream {
 }
 
 impl Stream {
+    /// Reads until the final answer to the upgrade begins, taking interim answers out, then
+    /// hands on what was read; from then on, reads as they come.
+    fn poll_read_past_interim_answers(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let interim = self
+                .interim
+                .as_mut()
+                .expect("called while looking for interim answers");
+            if interim.final_answer {
+                let handed = interim.pending.len().min(buf.remaining());
+                buf.put_slice(&interim.pending[..handed]);
+                interim.pending.drain(..handed);
+                if interim.pending.is_empty() {
+                    self.interim = None;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(self.io().poll_read(cx, &mut read))?;
+            let interim = self
+                .interim
+                .as_mut()
+                .expect("called while looking for interim answers");
+            if read.filled().is_empty() {
+                // The end: whatever came is handed on, then the end itself.
+                interim.final_answer = true;
+                if interim.pending.is_empty() {
+                    self.interim = None;
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            interim.pending.extend_from_slice(read.filled());
+            interim.skip_interim();
+        }
+    }
+
     fn io(&mut self) -> Pin<&mut Io> {
         Pin::new(
             self.io
@@ -496,6 +587,10 @@ impl Drop for Stream {
     fn drop(&mut self) {
         if let Some(handshake) = self.handshake.take() {
             if !handshake.over.get() {
+                // Read and not handed to awc: the rest of the answer starts with these.
+                if let Some(interim) = &self.interim {
+                    handshake.record(&interim.pending);
+                }
                 *handshake.returned.borrow_mut() = self.io.take();
             }
         }
@@ -531,7 +626,10 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let poll = this.io().poll_read(cx, buf);
+        let poll = match this.interim {
+            Some(_) => this.poll_read_past_interim_answers(cx, buf),
+            None => this.io().poll_read(cx, buf),
+        };
         if let Some(handshake) = &this.handshake {
             if handshake.over.get() {
                 this.handshake = None;
@@ -682,7 +780,7 @@ impl Service<ConnectInfo<Uri>> for Connector {
                         )),
                         Err(error) => Err(Failed::Minch(Error::Connect(format!(
                             "the Unix socket {} could not be connected to: {error}",
-                            path.display()
+                            path.display().to_string().escape_debug()
                         )))),
                     },
                 }
@@ -740,6 +838,7 @@ impl Service<ConnectInfo<Uri>> for Connector {
             let stream = Stream {
                 io: Some(io),
                 handshake: Some(handshake.clone()),
+                interim: Some(InterimAnswers::default()),
             };
             Ok(connection.replace_io(stream).1)
         })
@@ -842,7 +941,75 @@ mod tests {
         wire
     }
 
+    /// What a server's bytes become once interim answers are taken out, fed in pieces of the
+    /// given sizes (cycled), as the stream reads them.
+    fn past_interim_answers(wire: &[u8], pieces: &[usize]) -> Vec<u8> {
+        let mut interim = InterimAnswers::default();
+        let mut rest = wire;
+        let mut sizes = pieces.iter().cycle();
+        while !interim.final_answer && !rest.is_empty() {
+            let size = (*sizes.next().unwrap()).clamp(1, rest.len());
+            interim.pending.extend_from_slice(&rest[..size]);
+            rest = &rest[size..];
+            interim.skip_interim();
+        }
+        let mut out = interim.pending;
+        out.extend_from_slice(rest);
+        out
+    }
+
+    #[test]
+    fn only_interim_answers_are_taken_out() {
+        let hints = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n";
+        let upgrade = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x01\x02hi";
+        let wire = format!("{hints}HTTP/1.1 100 Continue\r\n\r\n{hints}{upgrade}");
+        assert_eq!(
+            past_interim_answers(wire.as_bytes(), &[7]),
+            upgrade.as_bytes()
+        );
+        // A final answer, or what is no answer at all, is handed on as it is.
+        let refused = "HTTP/1.1 503 Busy\r\nRetry-After: 2\r\n\r\nbody";
+        assert_eq!(
+            past_interim_answers(refused.as_bytes(), &[3]),
+            refused.as_bytes()
+        );
+        assert_eq!(
+            past_interim_answers(b"SSH-2.0-x\r\n", &[2]),
+            b"SSH-2.0-x\r\n"
+        );
+        // An interim answer too long to be one is handed on too (awc then refuses it).
+        let endless = format!("HTTP/1.1 103 Early Hints\r\nX: {}\r\n", "y".repeat(20_000));
+        assert_eq!(
+            past_interim_answers(endless.as_bytes(), &[4096]),
+            endless.as_bytes()
+        );
+    }
+
     proptest! {
+        /// Any number of interim answers, then the final one and what follows it, arriving in
+        /// any pieces: exactly the final answer and what follows are handed on.
+        #[test]
+        fn interim_answers_are_skipped_across_any_reads(
+            interim in proptest::collection::vec((100u16..200, 0usize..3), 0..4),
+            status in prop_oneof![Just(101u16), 200u16..600],
+            after in proptest::collection::vec(any::<u8>(), 0..50),
+            pieces in proptest::collection::vec(1usize..40, 1..6),
+        ) {
+            let mut wire = Vec::new();
+            for (code, headers) in &interim {
+                let code = if *code == 101 { 102 } else { *code };
+                wire.extend_from_slice(format!("HTTP/1.1 {code} Interim\r\n").as_bytes());
+                for n in 0..*headers {
+                    wire.extend_from_slice(format!("X-{n}: v\r\n").as_bytes());
+                }
+                wire.extend_from_slice(b"\r\n");
+            }
+            let mut expected = format!("HTTP/1.1 {status} Final\r\nA: b\r\n\r\n").into_bytes();
+            expected.extend_from_slice(&after);
+            wire.extend_from_slice(&expected);
+            prop_assert_eq!(past_interim_answers(&wire, &pieces), expected);
+        }
+
         /// Whatever the chunk sizes and wherever the reads end, a chunked body decodes to
         /// itself, complete, and reading stops at its last chunk.
         #[test]

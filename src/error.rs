@@ -239,6 +239,11 @@ impl fmt::Display for Error {
                 "invalid request header {name:?}: {reason}; header values must not contain CR, LF or NUL"
             ),
             Error::InvalidOptions(reason) => write!(f, "invalid connect options: {reason}"),
+            // A Unix socket's failure says which socket; the advice is the TCP one otherwise.
+            Error::Connect(reason) if reason.starts_with("the Unix socket") => write!(
+                f,
+                "could not connect: {reason}; check the path and that the server is listening on it"
+            ),
             Error::Connect(reason) => write!(
                 f,
                 "could not connect: {reason}; check the host, the port and that the server is running"
@@ -423,6 +428,22 @@ impl Rejection {
             complete,
             retry_after,
         }
+    }
+
+    /// The answer's head came `elapsed` ago (its body took that long): a wait in seconds
+    /// counts from then. (One given as a date was counted from now.)
+    pub(crate) fn arrived_ago(mut self, elapsed: Duration) -> Self {
+        let in_seconds = self
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                !value.trim().is_empty() && value.trim().bytes().all(|b| b.is_ascii_digit())
+            });
+        if in_seconds {
+            self.retry_after = self.retry_after.map(|wait| wait.saturating_sub(elapsed));
+        }
+        self
     }
 
     /// The response headers.

@@ -390,3 +390,23 @@ async fn the_default_handle_disconnect_waits_as_long_as_retry_after_asks() {
     );
     addr.do_send(minch::Close);
 }
+
+/// Review fix: a `Retry-After` in seconds counts from when the answer's head came, not from
+/// when its body was done (which may take up to the upgrade timeout): a server that asks for
+/// 3 s and then takes 1.5 s over its body leaves about 1.5 s to wait.
+#[actix_rt::test]
+async fn retry_after_in_seconds_counts_from_the_head_not_the_end_of_a_slow_body() {
+    let server = ScriptedServer::start(vec![
+        write("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nbu"),
+        Step::Sleep(Duration::from_millis(1500)),
+        write("sy"),
+    ]);
+    let (status, response) = rejection(&server, ConnectOptions::default()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&response.body()[..], b"busy");
+    let wait = response.retry_after().expect("a Retry-After");
+    assert!(
+        wait <= Duration::from_millis(1600) && wait >= Duration::from_millis(500),
+        "{wait:?}: the 1.5 s the body took was not counted"
+    );
+}

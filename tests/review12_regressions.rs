@@ -643,3 +643,30 @@ async fn checked_credentials_go_to_the_proxy_only() {
     let expected = base64::engine::general_purpose::STANDARD.encode("us:er:p@ss");
     assert!(heads[0].contains(&format!("Proxy-Authorization: Basic {expected}\r\n")));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review fix: with socks5h://, an IP literal target went to the proxy as a host name (address
+// type 3, "127.0.0.1"), which strict proxies refuse; curl sends an address. Expected: address
+// type 1 (the recorder sees no name), and the proxy's answer (general failure) comes back.
+// ---------------------------------------------------------------------------------------------
+#[actix_rt::test]
+async fn socks5h_sends_an_ip_literal_target_as_an_address() {
+    let (port, requests) = recording_socks5_proxy();
+    let error = connect_error(
+        "ws://127.0.0.1:9/",
+        through(&format!("socks5h://127.0.0.1:{port}")),
+    )
+    .await;
+    assert!(
+        matches!(
+            error,
+            Error::Proxy {
+                error: ProxyError::SocksReply(1),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let names = requests.lock().unwrap().clone();
+    assert!(names.is_empty(), "sent as a name: {:?}", names[0].name);
+}

@@ -179,10 +179,12 @@ async fn socks5_connect(
     port: u16,
     remote_dns: bool,
 ) -> Result<TcpStream, ProxyError> {
-    let target = if remote_dns {
-        SocksTarget::Name(host)
-    } else if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+    // An address is sent as one even with socks5h://: there is no name for the proxy to
+    // resolve, and strict proxies refuse an address sent as a name.
+    let target = if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         SocksTarget::Address((ip, port).into())
+    } else if remote_dns {
+        SocksTarget::Name(host)
     } else {
         let address = tokio::net::lookup_host((host, port))
             .await
