@@ -54,6 +54,10 @@ pub(crate) struct Framed<T> {
     readable: bool,
     /// The socket reached its end: what is left in the read buffer is all there will be.
     eof: bool,
+    /// The read buffer's allocation is one of [`STACK_READ`] bytes, made for a read from the
+    /// stack: what is left of it may take the next reads. What is left of a large frame's
+    /// allocation may not, or a small message kept by the program would pin all of it.
+    read_buf_shareable: bool,
 }
 
 impl<T> Framed<T> {
@@ -74,6 +78,7 @@ impl<T> Framed<T> {
             write_buf: BytesMut::new(),
             write_buf_grown: false,
             eof: false,
+            read_buf_shareable: false,
         }
     }
 
@@ -137,14 +142,16 @@ impl<T: AsyncRead + Unpin> Framed<T> {
     /// Reads what the socket has into the read buffer: the number of bytes, 0 at its end.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // An empty buffer is read into from the stack, unless the codec made room in it for a
-        // frame whose payload is on its way, or what is left of an earlier large read's
-        // buffer (at most 8 KiB, so not that of a large frame) takes the next read: then
-        // frequent small reads share one allocation, as with a buffer kept for good.
+        // frame whose payload is on its way, or what is left of an earlier stack read's
+        // 8 KiB allocation takes the next read: then frequent small reads share one
+        // allocation, as with a buffer kept for good.
         let spare = self.read_buf.capacity() - self.read_buf.len();
-        if self.read_buf.is_empty()
-            && !self.codec.awaits_payload()
-            && !(HEAP_READ / 8..=STACK_READ).contains(&spare)
-        {
+        let awaits_payload = self.codec.awaits_payload();
+        let reuse_leftover = self.read_buf.is_empty()
+            && !awaits_payload
+            && self.read_buf_shareable
+            && spare >= HEAP_READ / 8;
+        if self.read_buf.is_empty() && !awaits_payload && !reuse_leftover {
             // What is left of the last buffer goes now, not when the socket next has bytes.
             self.read_buf = BytesMut::new();
             let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
@@ -163,13 +170,21 @@ impl<T: AsyncRead + Unpin> Framed<T> {
             let mut read_buf = BytesMut::with_capacity(size);
             read_buf.extend_from_slice(read);
             self.read_buf = read_buf;
+            self.read_buf_shareable = size == STACK_READ;
             // Shared from the start: the first payload taken out would make it so anyway, and
             // `bytes` advances a shared buffer in fewer steps than a fresh one (which the codec
             // does twice a frame: about 10 % fewer instructions for 64-byte fragments).
             drop(self.read_buf.split_to(0));
             return Poll::Ready(Ok(read.len()));
         }
-        if spare < HEAP_READ / 8 {
+        if !reuse_leftover {
+            // A partly received frame: the codec may have (re)allocated for it, and the
+            // allocation stays its own.
+            self.read_buf_shareable = false;
+        }
+        // Mid-payload the codec has reserved what the frame still needs (or a large step of
+        // it): more would be held by the payload for as long as the program keeps it.
+        if spare == 0 || (!awaits_payload && spare < HEAP_READ / 8) {
             self.read_buf.reserve(HEAP_READ);
         }
         let spare = self.read_buf.chunk_mut();
