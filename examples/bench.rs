@@ -27,6 +27,8 @@
 //!   which runs the stream clients' loop;
 //! - `minch-addr-batch`: the same, with the messages fed between two flushes sent as one
 //!   `do_send(SendFrames)`;
+//! - `minch-sender`, `minch-sender-batch`: the same actor fed through a `FrameSender` taken
+//!   from its address, one `send` per message, or one `send_all` per flush;
 //! - `minch-simple`: `minch::connect` → `(Connection, Frames)`, the `Connection` as a `Sink`
 //!   of frames (`feed`, `flush`) and `Frames` as a `Stream` (`next`, `now_or_never` to see
 //!   whether an echo is ready);
@@ -378,7 +380,7 @@ impl Sizes {
 fn usage() -> ! {
     eprintln!(
         "usage:\n  bench [--quick] [--runs N] [--scenario rtt,pipeline,bulk,fragmented,fanout,compressed]\n        \
-         [--clients minch-actor,minch-addr,minch-addr-batch,minch-simple,minch-blocking,raw-awc,tokio-tungstenite,yawc] [--pin both|on|off]\n        \
+         [--clients minch-actor,minch-addr,minch-addr-batch,minch-sender,minch-sender-batch,minch-simple,minch-blocking,raw-awc,tokio-tungstenite,yawc] [--pin both|on|off]\n        \
          [--conns N] [--raw] [--url ws://HOST:PORT/ (a running bench server; for compressed scenarios, `server --deflate`)]\n  \
          compressed = deflate-rtt,deflate-pipeline,deflate-pipeline-nct,deflate-fanout-idle,deflate-fanout,deflate-fanout-nct\n  \
          bench server [--port P] [--deflate]\n  \

@@ -259,7 +259,10 @@ pub use crate::{
     backoff::{
         backoff, backoff_duration, backoff_with_jitter, reconnect_delay, BackoffOptions, Jitter,
     },
-    client::{Client, Close, GetStats, Info, SendFrame, SendFrames, Stats, TimerId, TrySendFrame},
+    client::{
+        Client, Close, FrameSender, GetFrameSender, GetStats, Info, SendFrame, SendFrames, Stats,
+        TimerId, TrySendFrame,
+    },
     compression::Deflate,
     error::{Error, ProxyError, Rejection, SendError, Timeout},
     frame::{CloseCode, CloseFrame, Frame, Utf8Bytes},

@@ -237,11 +237,18 @@ impl Results {
 /// and blocking APIs over its actor.
 fn ratio_pairs(clients: &[ClientKind]) -> Vec<(ClientKind, ClientKind)> {
     use ClientKind::{
-        MinchActor, MinchAddr, MinchAddrBatch, MinchBlocking, MinchSimple, RawAwc, Tungstenite,
-        Yawc,
+        MinchActor, MinchAddr, MinchAddrBatch, MinchBlocking, MinchSender, MinchSenderBatch,
+        MinchSimple, RawAwc, Tungstenite, Yawc,
     };
     let mut pairs = Vec::new();
-    for minch in [MinchActor, MinchAddr, MinchAddrBatch, MinchSimple] {
+    for minch in [
+        MinchActor,
+        MinchAddr,
+        MinchAddrBatch,
+        MinchSender,
+        MinchSenderBatch,
+        MinchSimple,
+    ] {
         for base in [RawAwc, Tungstenite] {
             pairs.push((minch, base));
         }
@@ -313,7 +320,10 @@ fn targets(of: ClientKind) -> Vec<Target> {
 /// The targets of minch's simple and blocking APIs against its actor (issue 10), and of the
 /// actor driven through its address against raw awc (issue 13).
 fn api_targets() -> Vec<Target> {
-    use ClientKind::{MinchActor, MinchAddr, MinchAddrBatch, MinchBlocking, MinchSimple, RawAwc};
+    use ClientKind::{
+        MinchActor, MinchAddr, MinchAddrBatch, MinchBlocking, MinchSender, MinchSenderBatch,
+        MinchSimple, RawAwc,
+    };
     let ratio = |scenario, of, over, min| Target::Ratio {
         scenario,
         metric: Metric::MsgsPerSec,
@@ -328,6 +338,9 @@ fn api_targets() -> Vec<Target> {
         ratio("rtt", MinchAddr, RawAwc, 1.0),
         ratio("pipeline", MinchAddr, RawAwc, 1.0),
         ratio("pipeline", MinchAddrBatch, RawAwc, 1.2),
+        ratio("rtt", MinchSender, RawAwc, 1.0),
+        ratio("pipeline", MinchSender, RawAwc, 1.0),
+        ratio("pipeline", MinchSenderBatch, RawAwc, 1.2),
     ]
 }
 
@@ -343,7 +356,8 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
     println!(
         "Ratios are minch / baseline of the medians, and simple/actor, blocking/actor: minch's \
          simple and blocking APIs over its actor; addr: the actor driven through its address \
-         (a do_send per message, echoes over a channel) (throughput: higher is better; latency \
+         (a do_send per message, echoes over a channel), sender: the same fed through a \
+         FrameSender (throughput: higher is better; latency \
          and memory: lower is better). MB = 10^6 bytes of echoed payload."
     );
     println!();
@@ -359,7 +373,7 @@ pub fn print(results: &Results, clients: &[ClientKind], runs: usize, raw: bool, 
         .unwrap_or(0)
         .max(34)
         + 2;
-    let col = 18;
+    let col = 20;
     let ratio_col = pairs
         .iter()
         .map(|(of, over)| of.short().len() + over.short().len() + 3)

@@ -36,6 +36,7 @@
 //!    the end. While the queue is full, keepalive waits for the program, not the peer.
 
 mod lifecycle;
+mod sender;
 mod timers;
 
 use std::{
@@ -52,8 +53,9 @@ use std::{
 use actix::{fut::ActorFuture, prelude::*, Supervised, Supervisor};
 
 use self::lifecycle::{deadline_after, Action, Lifecycle, Reading, Settings};
-pub use self::timers::TimerId;
+use self::sender::SenderQueue;
 pub(crate) use self::{lifecycle::Link, timers::HandlerTimers};
+pub use self::{sender::FrameSender, timers::TimerId};
 use crate::{
     connection::{
         self, ConnMut, Connection, Counters, Deferred, Published, Sent, SharedConnection, Waiters,
@@ -83,7 +85,8 @@ const FRAMES_PER_QUEUING_POLL: usize = 256;
 /// [`handle_disconnect`](MinchHandler::handle_disconnect) decides.
 ///
 /// Start it with [`Client::start`]; talk to it through its [`Addr`] with [`SendFrame`],
-/// [`TrySendFrame`], [`Info`], [`GetStats`] and [`Close`]. The address stays valid across
+/// [`TrySendFrame`], [`Info`], [`GetStats`] and [`Close`], or stream frames to it through a
+/// [`FrameSender`] ([`GetFrameSender`]). The address stays valid across
 /// reconnects; after the final stop it answers [`SendError::Stopped`].
 pub struct Client<H: MinchHandler> {
     /// `None` once `terminate` has run: the handler is dropped right after it.
@@ -130,6 +133,10 @@ pub struct Client<H: MinchHandler> {
     /// by the client (not in actix's queue of notifications, which a restart clears), and
     /// reported before the next message or event is handled.
     unheard: Unheard,
+    /// The queue of the client's [`FrameSender`]s, once one was asked for.
+    sender_queue: Option<Arc<SenderQueue>>,
+    /// The frames taken from it, being sent (kept for its allocation).
+    from_senders: Vec<Frame>,
 }
 
 /// See [`Client::unheard`].
@@ -297,6 +304,8 @@ impl<H: MinchHandler> Client<H> {
             room: None,
             published: None,
             unheard: Unheard::default(),
+            sender_queue: None,
+            from_senders: Vec::new(),
         }
     }
 
@@ -333,6 +342,11 @@ impl<H: MinchHandler> Client<H> {
                 break;
             };
             self.execute(action, ctx);
+            // Frames from senders are for the connection that was open when they were sent:
+            // refused as soon as it is not, before any other callback.
+            if self.sync_sender_queue() {
+                self.report_unheard(ctx);
+            }
         }
         if self.lifecycle.take_timer_moved() {
             self.rearm(ctx);
@@ -438,6 +452,9 @@ impl<H: MinchHandler> Client<H> {
             }
             Action::Terminate { reason, ended } => {
                 log::debug!("minch: stopping: {reason}");
+                if self.stop_sender_queue() {
+                    self.report_unheard(ctx);
+                }
                 self.ended = ended;
                 self.callback(ctx, |handler, ctx| handler.terminate(&reason, ctx));
                 self.ended = None;
@@ -575,6 +592,10 @@ impl<H: MinchHandler> Client<H> {
         };
         conn.remember_waker(cx);
         drop(conn);
+        self.take_from_senders(Some(cx.waker()), ctx);
+        if self.connection(generation).is_none() {
+            return Poll::Ready(());
+        }
         // A hand-over pause lasts until the driver runs again, which is after the runtime's
         // next turn at the latest: a receiver that has not taken its frames by then has stopped
         // waiting (a receive that timed out, a `next()` dropped by a `select!`), and pings, a
@@ -843,6 +864,84 @@ impl<H: MinchHandler> Client<H> {
         }
     }
 
+    // ---- frame senders ------------------------------------------------------------------------
+
+    /// A [`FrameSender`] for this client, its queue made on first use.
+    fn frame_sender(&mut self) -> FrameSender {
+        let queue = self
+            .sender_queue
+            .get_or_insert_with(Default::default)
+            .clone();
+        if self.handler.is_none() {
+            queue.stop(&mut Vec::new());
+        } else {
+            self.sync_sender_queue();
+        }
+        queue.sender()
+    }
+
+    /// Sends what senders queued, in order, before whatever the caller is about to do (a
+    /// message from the `Addr`, the driver's reading): frames sent before a message go
+    /// before what the message does. `driver`: the waker for the next frames.
+    fn take_from_senders(&mut self, driver: Option<&std::task::Waker>, ctx: &mut Context<Self>) {
+        let Some(queue) = &self.sender_queue else {
+            return;
+        };
+        let mut frames = std::mem::take(&mut self.from_senders);
+        queue.take(&mut frames, driver);
+        if frames.is_empty() {
+            self.from_senders = frames;
+            return;
+        }
+        for frame in frames.drain(..) {
+            if let Err(error) = self.route(frame, true) {
+                self.unheard.borrow_mut().push_back(error);
+            }
+        }
+        self.from_senders = frames;
+        if self.unheard.borrow().is_empty() {
+            self.settle(ctx);
+        } else {
+            self.run(ctx);
+        }
+    }
+
+    /// Opens the senders' queue while the connection is open, and closes it when it is not:
+    /// the frames it still holds are refused. Whether any were.
+    fn sync_sender_queue(&mut self) -> bool {
+        let Some(queue) = &self.sender_queue else {
+            return false;
+        };
+        let mut left = std::mem::take(&mut self.from_senders);
+        queue.set_open(self.lifecycle.is_open(), &mut left);
+        self.refuse(left)
+    }
+
+    /// Closes the senders' queue for good; whether it held frames, now refused.
+    fn stop_sender_queue(&mut self) -> bool {
+        let Some(queue) = &self.sender_queue else {
+            return false;
+        };
+        let mut left = std::mem::take(&mut self.from_senders);
+        queue.stop(&mut left);
+        self.refuse(left)
+    }
+
+    /// Refuses frames taken from a closed queue, for `handle_error`: they were accepted for a
+    /// connection that was open then.
+    fn refuse(&mut self, mut frames: Vec<Frame>) -> bool {
+        let refused = !frames.is_empty();
+        for _ in frames.drain(..) {
+            let error = match self.lifecycle.sendable() {
+                Ok(_) | Err(SendError::NotConnected) => SendError::ConnectionLost,
+                Err(error) => error,
+            };
+            self.unheard.borrow_mut().push_back(error);
+        }
+        self.from_senders = frames;
+        refused
+    }
+
     fn wake_driver(&self) {
         if let Some(conn) = self.lifecycle.conn() {
             conn.borrow().wake_driver();
@@ -944,6 +1043,7 @@ impl<H: MinchHandler> Handler<SendFrame> for Client<H> {
     type Result = SendAnswer;
 
     fn handle(&mut self, SendFrame(frame): SendFrame, ctx: &mut Context<Self>) -> Self::Result {
+        self.take_from_senders(None, ctx);
         let answer = self.send_message(frame, true, ctx);
         self.answer(answer)
     }
@@ -953,6 +1053,7 @@ impl<H: MinchHandler> Handler<SendFrames> for Client<H> {
     type Result = SendAnswer;
 
     fn handle(&mut self, SendFrames(frames): SendFrames, ctx: &mut Context<Self>) -> Self::Result {
+        self.take_from_senders(None, ctx);
         let answer = self.send_batch(frames, ctx);
         self.answer(answer)
     }
@@ -966,6 +1067,7 @@ impl<H: MinchHandler> Handler<TrySendFrame> for Client<H> {
         TrySendFrame(frame): TrySendFrame,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
+        self.take_from_senders(None, ctx);
         let answer = self.send_message(frame, false, ctx);
         self.answer(answer)
     }
@@ -1033,6 +1135,7 @@ impl<H: MinchHandler> Handler<Info<H::Info>> for Client<H> {
     type Result = ();
 
     fn handle(&mut self, Info(info): Info<H::Info>, ctx: &mut Context<Self>) {
+        self.take_from_senders(None, ctx);
         self.on_info(info, ctx);
     }
 }
@@ -1049,7 +1152,9 @@ impl<H: MinchHandler> Handler<CloseQueued> for Client<H> {
 impl<H: MinchHandler> Handler<GetStats> for Client<H> {
     type Result = MessageResult<GetStats>;
 
-    fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: GetStats, ctx: &mut Context<Self>) -> Self::Result {
+        // The frames sent before are counted as sent (or refused).
+        self.take_from_senders(None, ctx);
         MessageResult(self.stats())
     }
 }
@@ -1058,6 +1163,7 @@ impl<H: MinchHandler> Handler<Close> for Client<H> {
     type Result = Deferred<()>;
 
     fn handle(&mut self, _: Close, ctx: &mut Context<Self>) -> Self::Result {
+        self.take_from_senders(None, ctx);
         if self.lifecycle.is_stopped() {
             return Deferred::ready(());
         }
@@ -1068,6 +1174,40 @@ impl<H: MinchHandler> Handler<Close> for Client<H> {
             Deferred::ready(())
         } else {
             Deferred::pending(&self.stopped)
+        }
+    }
+}
+
+/// Asks for a [`FrameSender`]: a handle that sends frames to the client from any thread with
+/// no message per frame. Any number may be asked for; they share one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct GetFrameSender;
+
+impl Message for GetFrameSender {
+    type Result = FrameSender;
+}
+
+impl<H: MinchHandler> Handler<GetFrameSender> for Client<H> {
+    type Result = MessageResult<GetFrameSender>;
+
+    fn handle(&mut self, _: GetFrameSender, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.frame_sender())
+    }
+}
+
+impl<H: MinchHandler> Drop for Client<H> {
+    /// Senders of a client that is gone (its arbiter stopped, say) hear that it stopped
+    /// rather than queue frames nobody will take.
+    fn drop(&mut self) {
+        if let Some(queue) = &self.sender_queue {
+            let mut left = Vec::new();
+            queue.stop(&mut left);
+            if !left.is_empty() {
+                log::debug!(
+                    "minch: {} frames from senders were not sent: the client is gone",
+                    left.len()
+                );
+            }
         }
     }
 }

@@ -1,13 +1,25 @@
 //! minch's actor client driven from outside, through its address — the main path of a program
 //! that owns a client: each message goes out with a fire-and-forget `do_send(SendFrame)`, and
 //! `handle_frame` hands each echo to the program over a channel. The program runs the same
-//! loop as the stream clients. `AddrConn<true>` (`minch-addr-batch`) gathers the messages fed
-//! between two flushes and sends them as one `do_send(SendFrames)`.
+//! loop as the stream clients. `AddrConn<BATCH>` (`minch-addr-batch`) gathers the messages fed
+//! between two flushes and sends them as one `do_send(SendFrames)`. `AddrConn<SENDER>`
+//! (`minch-sender`) sends each with a [`FrameSender`] taken from the address, and
+//! `AddrConn<SENDER_BATCH>` (`minch-sender-batch`) those fed between two flushes with one
+//! `FrameSender::send_all`.
+
+/// One `do_send(SendFrame)` per message.
+pub const DO_SEND: u8 = 0;
+/// One `do_send(SendFrames)` per flush.
+pub const BATCH: u8 = 1;
+/// One `FrameSender::send` per message.
+pub const SENDER: u8 = 2;
+/// One `FrameSender::send_all` per flush.
+pub const SENDER_BATCH: u8 = 3;
 
 use actix::Addr;
 use minch::{
-    Client, ClientContext, ConnectRequest, DisconnectReason, Frame, MinchHandler, Reconnect, Reply,
-    Response, SendFrame, SendFrames,
+    Client, ClientContext, ConnectRequest, DisconnectReason, Frame, FrameSender, GetFrameSender,
+    MinchHandler, Reconnect, Reply, Response, SendFrame, SendFrames,
 };
 use tokio::sync::mpsc;
 
@@ -65,14 +77,15 @@ impl MinchHandler for Forward {
     }
 }
 
-pub struct AddrConn<const BATCHED: bool> {
+pub struct AddrConn<const MODE: u8> {
     client: Addr<Client<Forward>>,
+    sender: FrameSender,
     events: mpsc::UnboundedReceiver<Event>,
-    /// The batch being gathered (`BATCHED` only).
+    /// The batch being gathered (`BATCH` and `SENDER_BATCH` only).
     batch: Vec<Frame>,
 }
 
-impl<const BATCHED: bool> AddrConn<BATCHED> {
+impl<const MODE: u8> AddrConn<MODE> {
     fn on(event: Option<Event>) -> Option<Result<usize, String>> {
         match event {
             Some(Event::Echo(len)) => Some(Ok(len)),
@@ -83,16 +96,21 @@ impl<const BATCHED: bool> AddrConn<BATCHED> {
     }
 }
 
-impl<const BATCHED: bool> EchoConn for AddrConn<BATCHED> {
+impl<const MODE: u8> EchoConn for AddrConn<MODE> {
     async fn connect(url: &str) -> Result<Self, String> {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let client = Client::start(Forward {
             url: url.to_owned(),
             events: events_tx,
         });
+        let sender = client
+            .send(GetFrameSender)
+            .await
+            .map_err(|error| error.to_string())?;
         match events.recv().await {
             Some(Event::Connected) => Ok(AddrConn {
                 client,
+                sender,
                 events,
                 batch: Vec::new(),
             }),
@@ -102,19 +120,30 @@ impl<const BATCHED: bool> EchoConn for AddrConn<BATCHED> {
     }
 
     async fn feed(&mut self, payload: &Payload) -> Result<(), String> {
-        if BATCHED {
-            self.batch.push(payload.minch_frame());
-        } else {
-            self.client.do_send(SendFrame(payload.minch_frame()));
+        let frame = payload.minch_frame();
+        match MODE {
+            DO_SEND => self.client.do_send(SendFrame(frame)),
+            SENDER => return self.sender.send(frame).map_err(|error| error.to_string()),
+            _ => self.batch.push(frame),
         }
         Ok(())
     }
 
-    /// Unbatched, every `do_send` is written by the client on its own: nothing to flush.
+    /// Unbatched, every send is written by the client on its own: nothing to flush.
     async fn flush(&mut self) -> Result<(), String> {
-        if BATCHED && !self.batch.is_empty() {
-            self.client
-                .do_send(SendFrames(std::mem::take(&mut self.batch)));
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        match MODE {
+            BATCH => self
+                .client
+                .do_send(SendFrames(std::mem::take(&mut self.batch))),
+            _ => {
+                return self
+                    .sender
+                    .send_all(self.batch.drain(..))
+                    .map_err(|error| error.to_string())
+            }
         }
         Ok(())
     }

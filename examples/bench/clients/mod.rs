@@ -28,12 +28,15 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::sys;
+use minch_addr::AddrConn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClientKind {
     MinchActor,
     MinchAddr,
     MinchAddrBatch,
+    MinchSender,
+    MinchSenderBatch,
     MinchSimple,
     MinchBlocking,
     RawAwc,
@@ -47,6 +50,8 @@ impl ClientKind {
             ClientKind::MinchActor => "minch-actor",
             ClientKind::MinchAddr => "minch-addr",
             ClientKind::MinchAddrBatch => "minch-addr-batch",
+            ClientKind::MinchSender => "minch-sender",
+            ClientKind::MinchSenderBatch => "minch-sender-batch",
             ClientKind::MinchSimple => "minch-simple",
             ClientKind::MinchBlocking => "minch-blocking",
             ClientKind::RawAwc => "raw-awc",
@@ -60,6 +65,8 @@ impl ClientKind {
             ClientKind::MinchActor => "actor",
             ClientKind::MinchAddr => "addr",
             ClientKind::MinchAddrBatch => "addr-batch",
+            ClientKind::MinchSender => "sender",
+            ClientKind::MinchSenderBatch => "sender-batch",
             ClientKind::MinchSimple => "simple",
             ClientKind::MinchBlocking => "blocking",
             ClientKind::RawAwc => "awc",
@@ -73,6 +80,8 @@ impl ClientKind {
             ClientKind::MinchActor,
             ClientKind::MinchAddr,
             ClientKind::MinchAddrBatch,
+            ClientKind::MinchSender,
+            ClientKind::MinchSenderBatch,
             ClientKind::MinchSimple,
             ClientKind::MinchBlocking,
             ClientKind::RawAwc,
@@ -276,8 +285,16 @@ pub async fn run_job(kind: ClientKind, url: &str, job: &Job) -> Result<JobResult
     let run = async {
         match kind {
             ClientKind::MinchActor => minch_actor::run_job(url, job).await,
-            ClientKind::MinchAddr => with_conn::<minch_addr::AddrConn<false>>(url, job).await,
-            ClientKind::MinchAddrBatch => with_conn::<minch_addr::AddrConn<true>>(url, job).await,
+            ClientKind::MinchAddr => with_conn::<AddrConn<{ minch_addr::DO_SEND }>>(url, job).await,
+            ClientKind::MinchAddrBatch => {
+                with_conn::<AddrConn<{ minch_addr::BATCH }>>(url, job).await
+            }
+            ClientKind::MinchSender => {
+                with_conn::<AddrConn<{ minch_addr::SENDER }>>(url, job).await
+            }
+            ClientKind::MinchSenderBatch => {
+                with_conn::<AddrConn<{ minch_addr::SENDER_BATCH }>>(url, job).await
+            }
             ClientKind::MinchSimple => with_conn::<minch_simple::SimpleConn>(url, job).await,
             ClientKind::MinchBlocking => minch_blocking::run_job(url, job).await,
             ClientKind::RawAwc => with_conn::<awc_raw::AwcConn>(url, job).await,
@@ -299,10 +316,16 @@ pub async fn fanout(
         match kind {
             ClientKind::MinchActor => minch_actor::fanout(url, params).await,
             ClientKind::MinchAddr => {
-                fanout_streams::<minch_addr::AddrConn<false>>(url, params).await
+                fanout_streams::<AddrConn<{ minch_addr::DO_SEND }>>(url, params).await
             }
             ClientKind::MinchAddrBatch => {
-                fanout_streams::<minch_addr::AddrConn<true>>(url, params).await
+                fanout_streams::<AddrConn<{ minch_addr::BATCH }>>(url, params).await
+            }
+            ClientKind::MinchSender => {
+                fanout_streams::<AddrConn<{ minch_addr::SENDER }>>(url, params).await
+            }
+            ClientKind::MinchSenderBatch => {
+                fanout_streams::<AddrConn<{ minch_addr::SENDER_BATCH }>>(url, params).await
             }
             ClientKind::MinchSimple => {
                 fanout_streams::<minch_simple::SimpleConn>(url, params).await
