@@ -778,10 +778,7 @@ impl Service<ConnectInfo<Uri>> for Connector {
                             request.request().clone(),
                             Socket::Unix(unix),
                         )),
-                        Err(error) => Err(Failed::Minch(Error::Connect(format!(
-                            "the Unix socket {} could not be connected to: {error}",
-                            path.display().to_string().escape_debug()
-                        )))),
+                        Err(error) => Err(Failed::Minch(Error::unix_connect(path, &error))),
                     },
                 }
             };

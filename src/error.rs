@@ -41,7 +41,11 @@ pub enum Error {
     /// that does not parse, a client key that does not match its certificate, or TLS settings
     /// that exclude each other. The message names the option, never a key or a certificate.
     InvalidOptions(String),
-    /// The host name could not be resolved or the TCP connection could not be made.
+    /// The host name could not be resolved or the TCP connection could not be made, or (with
+    /// [`ConnectOptions::unix_socket`](crate::ConnectOptions::unix_socket)) the Unix socket
+    /// could not be connected to. The reason says what failed (for a Unix socket, which one:
+    /// its path, escaped), then what to check: the host, the port and the server for TCP; the
+    /// path and the server listening on it for a Unix socket. It holds nothing of the URL.
     Connect(String),
     /// The TLS handshake failed: the server's certificate is not trusted, or the server refused
     /// the client's (a server that requires a client certificate and got none, or one it does
@@ -225,6 +229,25 @@ impl Error {
     pub(crate) fn io(error: io::Error) -> Self {
         Error::Io(Arc::new(error))
     }
+
+    /// [`Error::Connect`] for a failure to resolve the host or open the TCP connection:
+    /// `reason` (which must not hold the URL), with the advice for TCP.
+    pub(crate) fn tcp_connect(reason: impl fmt::Display) -> Self {
+        Error::Connect(format!(
+            "{reason}; check the host, the port and that the server is running"
+        ))
+    }
+
+    /// [`Error::Connect`] for a failure to connect to the Unix socket at `path`: which socket
+    /// (its path escaped), why, and the advice for a Unix socket.
+    #[cfg(unix)]
+    pub(crate) fn unix_connect(path: &std::path::Path, error: &io::Error) -> Self {
+        Error::Connect(format!(
+            "the Unix socket {} could not be connected to: {error}; check the path and that the \
+             server is listening on it",
+            path.display().to_string().escape_debug()
+        ))
+    }
 }
 
 impl fmt::Display for Error {
@@ -239,15 +262,8 @@ impl fmt::Display for Error {
                 "invalid request header {name:?}: {reason}; header values must not contain CR, LF or NUL"
             ),
             Error::InvalidOptions(reason) => write!(f, "invalid connect options: {reason}"),
-            // A Unix socket's failure says which socket; the advice is the TCP one otherwise.
-            Error::Connect(reason) if reason.starts_with("the Unix socket") => write!(
-                f,
-                "could not connect: {reason}; check the path and that the server is listening on it"
-            ),
-            Error::Connect(reason) => write!(
-                f,
-                "could not connect: {reason}; check the host, the port and that the server is running"
-            ),
+            // The reason carries the advice that fits the route (TCP or a Unix socket).
+            Error::Connect(reason) => write!(f, "could not connect: {reason}"),
             // The reason carries the hint that fits it (a private CA, a client certificate).
             Error::Tls(reason) => write!(f, "TLS handshake failed: {reason}"),
             Error::Proxy { proxy, error } => {

@@ -387,9 +387,7 @@ fn classify(error: WsClientError, url: &str, secure: bool, tcp_was_up: bool) -> 
         {
             handshake_failure(&error)
         }
-        WsClientError::SendRequest(SendRequestError::Connect(error)) => {
-            Error::Connect(error.to_string())
-        }
+        WsClientError::SendRequest(SendRequestError::Connect(error)) => Error::tcp_connect(error),
         WsClientError::SendRequest(SendRequestError::Url(error)) => Error::InvalidUrl {
             url: redact_url(url),
             reason: error.to_string(),

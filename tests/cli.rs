@@ -7,196 +7,25 @@
 //! ```
 //!
 //! Every run of the binary is bounded: it is killed (and the test fails with its output)
-//! if it has not exited within [`RUN_LIMIT`].
+//! if it has not exited within `support::cli::RUN_LIMIT`.
 #![cfg(feature = "cli")]
 
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::TcpListener,
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
+use support::cli::{minch, minch_with, spawn, without_proxy_variables, BIN, WAIT};
 use support::{
     close_frame, node_echo_server, opcode, pproxy, python_echo_server, python_unix_echo_server,
     scripted_ws_server, scripted_ws_server_seq, silent_tcp_server, text_frame, ExternalServer,
-    RawFrame, ServerEvent, Step, TestServer,
+    RawFrame, ServerEvent, Step, TempDir, TestServer,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_minch");
-
-/// The longest a run of the binary may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(30);
-
-/// How long to wait for a line of output.
-const WAIT: Duration = Duration::from_secs(15);
-
-/// A running `minch`, its output collected as it comes.
-struct Run {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-/// How a run ended.
-#[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Starts `minch` with these arguments, stdin, stdout and stderr piped, and colour left to
-/// its defaults (NO_COLOR removed from the environment).
-fn minch(args: &[&str]) -> Run {
-    minch_with(args, |_| {})
-}
-
-fn minch_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Run {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    configure(&mut command);
-    spawn(command)
-}
-
-/// Starts `command` (minch, or a shell running it) with its streams piped.
-fn spawn(mut command: Command) -> Run {
-    command
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start minch");
-    let collect = |mut stream: Box<dyn Read + Send>| {
-        let text = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&text);
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                let chunk = String::from_utf8_lossy(&buffer[..n]).into_owned();
-                sink.lock().unwrap().push_str(&chunk);
-            }
-        });
-        text
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    Run {
-        stdin: child.stdin.take(),
-        child,
-        stdout,
-        stderr,
-    }
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until stderr contains `needle` `times` times; panics with the output otherwise.
-    #[track_caller]
-    fn wait_stderr(&self, needle: &str, times: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.stderr().matches(needle).count() < times {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} (x{times}) on stderr in {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    #[track_caller]
-    fn wait_stdout(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.stdout().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} on stdout in {WAIT:?}\nstdout:\n{}\nstderr:\n{}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write to minch's stdin");
-        stdin.flush().expect("flush minch's stdin");
-    }
-
-    fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// Waits for the exit (at most [`RUN_LIMIT`]), then for the rest of the output.
-    #[track_caller]
-    fn finish(mut self) -> Ended {
-        let deadline = Instant::now() + RUN_LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for minch") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "minch did not exit within {RUN_LIMIT:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The readers end at the pipes' end, right after the exit.
-        std::thread::sleep(Duration::from_millis(100));
-        Ended {
-            code: status.code(),
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Ended {
-    #[track_caller]
-    fn assert_code(&self, code: i32) {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then let go).
 fn closed_port() -> u16 {
@@ -412,7 +241,7 @@ fn interrupt_closes_with_1000_and_exits_130() {
     let run = minch(&[&server.url("/echo"), "--no-stdin"]);
     run.wait_stderr("connected to", 1);
     let killed = Command::new("kill")
-        .args(["-INT", &run.child.id().to_string()])
+        .args(["-INT", &run.id().to_string()])
         .status()
         .expect("run kill");
     assert!(killed.success());
@@ -745,9 +574,8 @@ fn tls_with_a_ca_file_or_insecure() {
     untrusted.assert_code(3);
     assert!(untrusted.stderr.contains("TLS"), "{}", untrusted.stderr);
 
-    let dir = std::env::temp_dir().join(format!("minch-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = dir.join("ca.pem");
+    let dir = TempDir::new();
+    let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, server.cert_pem()).unwrap();
     let trusted = minch(&[
         &url,
@@ -760,7 +588,6 @@ fn tls_with_a_ca_file_or_insecure() {
         "--no-stdin",
     ])
     .finish();
-    let _ = std::fs::remove_dir_all(&dir);
     trusted.assert_code(0);
     assert_eq!(trusted.stdout, "tls\n");
     assert!(!trusted.stderr.contains("warning"), "{}", trusted.stderr);
@@ -805,19 +632,6 @@ fn through_a_proxy_from_the_flag_or_the_environment() {
         args.extend_from_slice(extra);
         args.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
-    let without_proxy_variables = |command: &mut Command| {
-        for name in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            command.env_remove(name);
-        }
-    };
-
     let args = echo_args(&["--proxy", &proxy_url]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let flagged = minch_with(&args, without_proxy_variables).finish();
@@ -869,9 +683,8 @@ fn through_a_proxy_from_the_flag_or_the_environment() {
 
 #[test]
 fn over_a_unix_socket() {
-    let dir = std::env::temp_dir().join(format!("minch-cli-uds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("echo.sock");
+    let dir = TempDir::new();
+    let socket = dir.path().join("echo.sock");
     let _server = python_unix_echo_server(&socket, None).expect("python unix server");
     let ended = minch(&[
         "ws://localhost/",
@@ -884,7 +697,6 @@ fn over_a_unix_socket() {
         "--no-stdin",
     ])
     .finish();
-    let _ = std::fs::remove_dir_all(&dir);
     ended.assert_code(0);
     assert_eq!(ended.stdout, "local\n");
 }
@@ -895,9 +707,8 @@ fn a_client_certificate_needs_both_files_and_readable_pem() {
     let url = server.url("/echo");
     let only_cert = minch(&[&url, "--cert", "/nonexistent.pem", "--no-stdin"]).finish();
     only_cert.assert_code(2);
-    let dir = std::env::temp_dir().join(format!("minch-cli-cert-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let not_pem = dir.join("not.pem");
+    let dir = TempDir::new();
+    let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "not a certificate").unwrap();
     let path = not_pem.to_str().unwrap();
     let unusable = minch(&[&url, "--cert", path, "--key", path, "--no-stdin"]).finish();
@@ -910,7 +721,6 @@ fn a_client_certificate_needs_both_files_and_readable_pem() {
         "--no-stdin",
     ])
     .finish();
-    let _ = std::fs::remove_dir_all(&dir);
     unusable.assert_code(2);
     assert!(
         unusable.stderr.contains("certificate"),

@@ -14,18 +14,14 @@
 mod common;
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpListener,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{closed_port, Event, Policy, Recorder, WAIT};
 use minch::{
     blocking, http::StatusCode, Client, ConnectOptions, ConnectRequest, Error, Frame, Proxy,
     ProxyError,
 };
-use support::{pproxy, pproxy_with, ExternalServer, TestServer};
+use support::{pproxy, pproxy_with, scripted_proxy, ExternalServer, TempDir, TestServer};
 
 fn no_headers() -> Vec<(String, String)> {
     Vec::new()
@@ -161,32 +157,6 @@ async fn wrong_or_missing_credentials_are_typed() {
         }
         assert!(!format!("{error} {error:?}").contains("wrong"));
     }
-}
-
-/// A proxy on 127.0.0.1 that reads what the client sends first and answers `answer`
-/// (nothing at all if it is empty), then keeps the connection open for a while.
-fn scripted_proxy(answer: &'static [u8], read_first: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
-                let mut seen = vec![0u8; read_first];
-                if stream.read_exact(&mut seen).is_err() {
-                    return;
-                }
-                if !answer.is_empty() {
-                    let _ = stream.write_all(answer);
-                }
-                std::thread::sleep(Duration::from_secs(10));
-            });
-        }
-    });
-    port
 }
 
 #[actix_rt::test]
@@ -406,8 +376,8 @@ fn tls_pproxy(dir: &std::path::Path, auth: &str) -> (ExternalServer, String) {
 
 #[actix_rt::test]
 async fn an_https_proxy_is_spoken_to_over_tls_and_wss_runs_inside() {
-    let dir = std::env::temp_dir().join(format!("minch-https-proxy-{}", std::process::id()));
-    let (proxy, proxy_pem) = tls_pproxy(&dir, "#user:pw");
+    let dir = TempDir::new();
+    let (proxy, proxy_pem) = tls_pproxy(dir.path(), "#user:pw");
     let url = format!("https://user:pw@127.0.0.1:{}", proxy.port());
     let server = TestServer::start();
     let tls_server = TestServer::start_tls();
@@ -452,5 +422,4 @@ async fn an_https_proxy_is_spoken_to_over_tls_and_wss_runs_inside() {
         ),
         "{error:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,29 +12,7 @@ mod support;
 
 use common::{closed_port, WAIT};
 use minch::{ConnectOptions, Error, Frame, Proxy, ProxyError};
-use support::{pproxy, ExternalServer, TestServer};
-
-const VARIABLES: [&str; 9] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-    "REQUEST_METHOD",
-];
-
-/// Sets exactly these proxy variables (the others removed).
-fn environment(vars: &[(&str, &str)]) {
-    for name in VARIABLES {
-        std::env::remove_var(name);
-    }
-    for (name, value) in vars {
-        std::env::set_var(name, value);
-    }
-}
+use support::{pproxy, set_proxy_environment, ExternalServer, TestServer};
 
 async fn echo(url: &str, options: ConnectOptions) -> Result<(), Error> {
     let (connection, mut frames) = actix_rt::time::timeout(
@@ -80,16 +58,16 @@ async fn proxy_environment_variables() {
     };
 
     // ws:// takes HTTP_PROXY (uppercase too).
-    environment(&[("HTTP_PROXY", &proxy_url)]);
+    set_proxy_environment(&[("HTTP_PROXY", &proxy_url)]);
     echo(&server.url("/echo"), defaults()).await.unwrap();
     assert!(wait_tunnels(&proxy, &target, 1).await, "{}", proxy.stderr());
 
     // ... but not in a CGI script, where a request header could have set it.
-    environment(&[("HTTP_PROXY", &dead), ("REQUEST_METHOD", "GET")]);
+    set_proxy_environment(&[("HTTP_PROXY", &dead), ("REQUEST_METHOD", "GET")]);
     echo(&server.url("/echo"), defaults()).await.unwrap();
 
     // wss:// takes https_proxy, not http_proxy; TLS is with the server, through the tunnel.
-    environment(&[("http_proxy", &dead), ("https_proxy", &proxy_url)]);
+    set_proxy_environment(&[("http_proxy", &dead), ("https_proxy", &proxy_url)]);
     echo(&tls_server.url_localhost("/echo"), tls())
         .await
         .unwrap();
@@ -109,7 +87,7 @@ async fn proxy_environment_variables() {
 
     // ALL_PROXY for both when nothing more specific is set; a SOCKS5 proxy there too.
     let socks = format!("socks5h://127.0.0.1:{}", proxy.port());
-    environment(&[("ALL_PROXY", &socks)]);
+    set_proxy_environment(&[("ALL_PROXY", &socks)]);
     let before = tunnels(&proxy, &tls_target);
     echo(&tls_server.url_localhost("/echo"), tls())
         .await
@@ -119,13 +97,13 @@ async fn proxy_environment_variables() {
     // NO_PROXY: the host (with or without its port) is reached directly, though the proxy
     // named is dead; another port, or another host, still goes to the proxy.
     for no_proxy in ["127.0.0.1", "localhost,127.0.0.0/8", "*", &target] {
-        environment(&[("all_proxy", &dead), ("no_proxy", no_proxy)]);
+        set_proxy_environment(&[("all_proxy", &dead), ("no_proxy", no_proxy)]);
         echo(&server.url("/echo"), defaults())
             .await
             .unwrap_or_else(|e| panic!("NO_PROXY={no_proxy}: {e}"));
     }
     for no_proxy in ["127.0.0.1:1", "example.com", "127.0.0.2"] {
-        environment(&[("ALL_PROXY", &dead), ("NO_PROXY", no_proxy)]);
+        set_proxy_environment(&[("ALL_PROXY", &dead), ("NO_PROXY", no_proxy)]);
         let error = echo(&server.url("/echo"), defaults()).await.unwrap_err();
         assert!(
             matches!(error, Error::Proxy { .. }),
@@ -134,7 +112,7 @@ async fn proxy_environment_variables() {
     }
 
     // An explicit option wins over the environment, both ways.
-    environment(&[("http_proxy", &dead)]);
+    set_proxy_environment(&[("http_proxy", &dead)]);
     echo(&server.url("/echo"), defaults().proxy(Proxy::None))
         .await
         .unwrap();
@@ -146,7 +124,7 @@ async fn proxy_environment_variables() {
     .await
     .unwrap();
     assert!(wait_tunnels(&proxy, &target, before + 1).await);
-    environment(&[("no_proxy", "*")]);
+    set_proxy_environment(&[("no_proxy", "*")]);
     let before = tunnels(&proxy, &target);
     echo(
         &server.url("/echo"),
@@ -158,7 +136,7 @@ async fn proxy_environment_variables() {
 
     // A value that is not a proxy URL is a configuration error naming the variable, without
     // the credentials in it.
-    environment(&[("https_proxy", "ftp://user:s3cret@127.0.0.1:1")]);
+    set_proxy_environment(&[("https_proxy", "ftp://user:s3cret@127.0.0.1:1")]);
     let error = echo(&tls_server.url_localhost("/echo"), tls())
         .await
         .unwrap_err();
@@ -167,5 +145,5 @@ async fn proxy_environment_variables() {
     assert!(shown.contains("https_proxy"), "{shown}");
     assert!(!shown.contains("s3cret"), "{shown}");
 
-    environment(&[]);
+    set_proxy_environment(&[]);
 }

@@ -3,7 +3,8 @@
 //! behaviour that was checked and found right.
 //!
 //! Every peer is on 127.0.0.1: TestServer (echo), and small std::net scripted proxies in
-//! threads. Every request names its proxy, so the machine's environment changes nothing.
+//! threads (the shared ones from `support`, and a few of this file's own). Every request names
+//! its proxy, so the machine's environment changes nothing.
 
 #![cfg(feature = "tls")]
 
@@ -12,7 +13,7 @@ mod support;
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -20,7 +21,7 @@ use std::{
 use base64::Engine;
 use common::WAIT;
 use minch::{http::StatusCode, ConnectOptions, Error, Frame, Proxy, ProxyError};
-use support::TestServer;
+use support::{answering_proxy, forwarding_proxy, scripted_proxy, TestServer};
 
 fn through(proxy: &str) -> ConnectOptions {
     ConnectOptions::default()
@@ -58,89 +59,6 @@ async fn connect_error(url: &str, options: ConnectOptions) -> Error {
         Ok(_) => panic!("connected"),
         Err(error) => error,
     }
-}
-
-type Heads = Arc<Mutex<Vec<String>>>;
-
-/// An HTTP CONNECT proxy on 127.0.0.1 that records each request head, answers `answer`, then
-/// forwards the connection to 127.0.0.1:`target` (whatever the CONNECT line names).
-fn forwarding_proxy(answer: &'static [u8], target: u16) -> (u16, Heads) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let heads: Heads = Arc::default();
-    let seen = heads.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut client) = stream else { return };
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match client.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    return;
-                };
-                if client.write_all(answer).is_err() {
-                    return;
-                }
-                pipe(client, server);
-            });
-        }
-    });
-    (port, heads)
-}
-
-/// Copies both ways until either side closes (bounded by read timeouts).
-fn pipe(a: TcpStream, b: TcpStream) {
-    let copy = |mut from: TcpStream, mut to: TcpStream| {
-        let _ = from.set_read_timeout(Some(Duration::from_secs(20)));
-        let mut buf = [0u8; 4096];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    };
-    let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-    std::thread::spawn(move || copy(a2, b2));
-    copy(b, a);
-}
-
-/// A proxy on 127.0.0.1 that reads `read_first` bytes, answers `answer`, and holds the
-/// connection for a while. Returns the port.
-fn scripted_proxy(answer: &'static [u8], read_first: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut seen = vec![0u8; read_first];
-                if stream.read_exact(&mut seen).is_err() {
-                    return;
-                }
-                let _ = stream.write_all(answer);
-                std::thread::sleep(Duration::from_secs(10));
-            });
-        }
-    });
-    port
 }
 
 /// What a scripted SOCKS5 proxy saw of a CONNECT request.
@@ -549,27 +467,8 @@ async fn checked_redirects_and_huge_answers_are_refused() {
 /// `Host` (the proxy here refuses, so nothing talks to ::1).
 #[actix_rt::test]
 async fn checked_an_ipv6_target_is_bracketed_in_connect() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let heads: Heads = Arc::default();
-    let seen = heads.clone();
-    std::thread::spawn(move || {
-        if let Ok((mut stream, _)) = listener.accept() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
-            }
-            seen.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&head).into_owned());
-            let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
+    let proxy = answering_proxy(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+    let port = proxy.port();
     let error = connect_error(
         "wss://[::1]:9443/feed",
         through(&format!("http://127.0.0.1:{port}")),
@@ -585,7 +484,7 @@ async fn checked_an_ipv6_target_is_bracketed_in_connect() {
         ),
         "{error:?}"
     );
-    let heads = heads.lock().unwrap().clone();
+    let heads = proxy.heads();
     assert_eq!(heads.len(), 1);
     assert!(
         heads[0].starts_with("CONNECT [::1]:9443 HTTP/1.1\r\nHost: [::1]:9443\r\n"),

@@ -1,6 +1,6 @@
 //! Review 12b: the `minch` command-line client's new flags (`--proxy`, `--unix-socket`,
 //! `--cert/--key`), its reconnects after a refused upgrade, and what it prints. Every run of
-//! the binary is bounded (killed after [`RUN_LIMIT`]).
+//! the binary is bounded (killed after `support::cli::RUN_LIMIT`).
 //!
 //! ```sh
 //! cargo test --features cli --test review12b_cli
@@ -9,142 +9,19 @@
 
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpListener,
-    process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::process::Stdio;
 
-use support::{scripted_ws_server, Handshake, Step};
+use support::cli::{minch_with, without_proxy_variables, Ended};
+use support::{answering_proxy, scripted_ws_server, Handshake, Step, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_minch");
-
-/// The longest a run of the binary may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(30);
-
-/// How a run ended.
-#[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `minch` with `args`, no proxy variables, stdin closed; kills it after [`RUN_LIMIT`].
+/// Runs `minch` with `args`, no proxy variables, NO_COLOR set, stdin closed; kills it after
+/// `support::cli::RUN_LIMIT`.
 fn run(args: &[&str]) -> Ended {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for name in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        command.env_remove(name);
-    }
-    command
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start minch");
-    let collect = |mut stream: Box<dyn Read + Send>| {
-        let text = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&text);
-        let reader = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let _ = stream.read_to_end(&mut all);
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&all));
-        });
-        (text, reader)
-    };
-    let (stdout, out_reader) = collect(Box::new(child.stdout.take().unwrap()));
-    let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for minch") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = out_reader.join();
-    let _ = err_reader.join();
-    let ended = Ended {
-        code: status.and_then(|status| status.code()),
-        stdout: stdout.lock().unwrap().clone(),
-        stderr: stderr.lock().unwrap().clone(),
-    };
-    assert!(
-        status.is_some(),
-        "minch did not exit within {RUN_LIMIT:?}: {ended:#?}"
-    );
-    ended
-}
-
-/// A fresh directory under the system's temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "minch-r12b-cli-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// An HTTP proxy that answers every `CONNECT` with 407; counts the connections it got.
-fn refusing_proxy() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counted = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let _ = stream.write_all(
-                b"HTTP/1.1 407 Proxy Authentication Required\r\n\
-                  Proxy-Authenticate: Basic realm=\"x\"\r\nContent-Length: 0\r\n\r\n",
-            );
-        }
-    });
-    (port, seen)
+    minch_with(args, |command| {
+        without_proxy_variables(command);
+        command.env("NO_COLOR", "1").stdin(Stdio::null());
+    })
+    .finish()
 }
 
 /// Review finding (failed on 4bf3c85, fixed since): `--unix-socket PATH --proxy URL` silently drops the proxy. The user asked for both,
@@ -155,9 +32,12 @@ fn refusing_proxy() -> (u16, Arc<AtomicUsize>) {
 #[test]
 fn unix_socket_with_proxy_is_a_usage_error() {
     let dir = TempDir::new();
-    let socket = dir.0.join("nobody.sock");
-    let (proxy_port, contacted) = refusing_proxy();
-    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let socket = dir.path().join("nobody.sock");
+    let refusing = answering_proxy(
+        b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+          Proxy-Authenticate: Basic realm=\"x\"\r\nContent-Length: 0\r\n\r\n",
+    );
+    let proxy = format!("http://127.0.0.1:{}", refusing.port());
     let ended = run(&[
         "ws://localhost/",
         "--unix-socket",
@@ -168,7 +48,7 @@ fn unix_socket_with_proxy_is_a_usage_error() {
         "--connect-timeout",
         "2",
     ]);
-    assert_eq!(contacted.load(Ordering::SeqCst), 0, "the proxy was used");
+    assert_eq!(refusing.accepted(), 0, "the proxy was used");
     assert_eq!(
         ended.code,
         Some(2),

@@ -14,44 +14,18 @@ mod support;
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc, Arc,
-    },
+    sync::{mpsc, Arc},
     time::Duration,
 };
 
 use minch::{ConnectOptions, Error, Frame, Proxy, TlsOptions};
-use support::{close_frame, sec_websocket_accept, text_frame};
+use support::{close_frame, read_head, sec_websocket_accept, text_frame, TempDir};
 
 /// The bound on every wait in this file.
 const WAIT: Duration = Duration::from_secs(10);
 
 fn no_headers() -> Vec<(String, String)> {
     Vec::new()
-}
-
-/// A fresh directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "minch-r12b-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A self-signed certificate for `names` (IP addresses become IP SANs) and a server config.
@@ -84,22 +58,6 @@ fn cert_for(names: &[&str]) -> Cert {
         der,
         config: Arc::new(config),
     }
-}
-
-/// Reads an HTTP request head (up to the blank line) from `stream`.
-fn read_head(stream: &mut impl Read) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-        if head.len() > 64 * 1024 {
-            return None;
-        }
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Answers a WebSocket upgrade on `stream` with a correct 101 followed, in the same write, by
@@ -258,7 +216,7 @@ async fn wss_to_an_ipv6_literal_host_connects() {
 #[actix_rt::test]
 async fn wss_over_a_unix_socket_with_an_ipv6_literal_url_host_connects() {
     let dir = TempDir::new();
-    let path = dir.0.join("tls.sock");
+    let path = dir.path().join("tls.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
     let cert = cert_for(&["::1"]);
     let heads = serve_unix(listener, Some(cert.config.clone()));
@@ -335,7 +293,7 @@ async fn wss_to_an_ipv6_literal_host_through_an_http_proxy_connects() {
 #[actix_rt::test]
 async fn a_full_unix_backlog_is_waited_for_within_connect_timeout() {
     let dir = TempDir::new();
-    let path = dir.0.join("busy.sock");
+    let path = dir.path().join("busy.sock");
     let socket = tokio::net::UnixSocket::new_stream().expect("socket");
     socket.bind(&path).expect("bind");
     // A backlog of 0: one pending connection fills it on Linux.
@@ -373,7 +331,7 @@ async fn a_full_unix_backlog_is_waited_for_within_connect_timeout() {
 #[actix_rt::test]
 async fn guard_the_actor_client_finds_a_socket_removed_and_recreated() {
     let dir = TempDir::new();
-    let path = dir.0.join("restart.sock");
+    let path = dir.path().join("restart.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
     let (tx, _first_heads) = mpsc::channel();
     let first = std::thread::spawn(move || {

@@ -294,38 +294,20 @@ async fn control_extensions_header_of_empty_elements_is_accepted() {
 /// The `minch` command-line client.
 #[cfg(feature = "cli")]
 mod cli {
-    use std::{
-        process::{Command, Stdio},
-        time::{Duration, Instant},
-    };
+    use std::{process::Stdio, time::Duration};
 
+    use super::support::cli::minch_with;
     use super::support::{close_frame, scripted_ws_server, text_frame, Handshake, Step};
     use super::SECRET;
 
-    /// Runs `minch` to its end (killed after 20 s), returning stdout and stderr.
+    /// Runs `minch` to its end (the test fails if that takes over `support::cli::RUN_LIMIT`),
+    /// returning its exit code, stdout and stderr.
     fn run(args: &[&str]) -> (Option<i32>, String, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_minch"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start minch");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let output = child.wait_with_output().expect("output");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let ended = minch_with(args, |command| {
+            command.env("NO_COLOR", "1").stdin(Stdio::null());
+        })
+        .finish();
+        (ended.code, ended.stdout, ended.stderr)
     }
 
     /// The library treats subprotocols as secrets (`ConnectOptions`' `Debug` shows a count,

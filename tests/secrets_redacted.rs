@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use common::{closed_port, Defaults, Event, Policy, Recorder, WAIT};
 use minch::{Client, Close, ConnectOptions, ConnectRequest, Error, Frame, Proxy, Timeout};
-use support::{masked_frame_bytes, scripted_ws_server, Handshake, ServerEvent, Step, TestServer};
+use support::{
+    answering_proxy, masked_frame_bytes, scripted_ws_server, Handshake, ServerEvent, Step,
+    TestServer,
+};
 
 const TOKEN: &str = "SECRET123";
 const BEARER: &str = "SECRET456";
@@ -439,48 +442,14 @@ async fn a_protocol_error_while_connected_shows_no_secret() {
     assert_no_secret_in_logs();
 }
 
-/// A proxy on 127.0.0.1 that answers every `CONNECT` with `answer` (nothing if empty), and
-/// the heads it received.
-fn refusing_proxy(answer: &'static str) -> (u16, std::sync::Arc<Mutex<Vec<String>>>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let heads = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
-                if !answer.is_empty() {
-                    let _ = stream.write_all(answer.as_bytes());
-                }
-                std::thread::sleep(Duration::from_secs(5));
-            });
-        }
-    });
-    (port, heads)
-}
-
 #[actix_rt::test]
 async fn proxy_credentials_are_never_shown() {
     let server = TestServer::start();
-    let (port, heads) = refusing_proxy(
-        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\
+    let refusing = answering_proxy(
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\
          Content-Length: 0\r\n\r\n",
     );
+    let port = refusing.port();
     let through = |url: String| {
         secret_request(secret_url(&server))
             .options(ConnectOptions::default().proxy(Proxy::url(url)))
@@ -502,7 +471,7 @@ async fn proxy_credentials_are_never_shown() {
         );
     }
     // The credentials did go to the proxy.
-    let heads = heads.lock().unwrap().clone();
+    let heads = refusing.heads();
     assert!(
         heads.iter().any(|head| head.contains(PROXY_BASIC)),
         "{heads:?}"
@@ -515,8 +484,11 @@ async fn proxy_credentials_are_never_shown() {
     )))
     .await;
     assert!(matches!(error, Error::Proxy { .. }), "{error:?}");
-    let (hanging, _) = refusing_proxy("");
-    let request = through(format!("http://user:{PROXY_PASSWORD}@127.0.0.1:{hanging}"));
+    let hanging = answering_proxy(b"");
+    let request = through(format!(
+        "http://user:{PROXY_PASSWORD}@127.0.0.1:{}",
+        hanging.port()
+    ));
     let options = request
         .options
         .clone()

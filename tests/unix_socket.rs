@@ -10,38 +10,14 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use common::{Event, Policy, Recorder, WAIT};
 use futures_util::StreamExt;
 use minch::{blocking, Client, ConnectOptions, ConnectRequest, Error, Frame, Proxy, SendFrame};
-
-/// A fresh directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "minch-uds-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::TempDir;
 
 /// What the server saw of each upgrade request: its path and `Host`.
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -138,7 +114,7 @@ async fn simple_echo(url: &str, options: ConnectOptions) -> Result<(), Error> {
 #[actix_rt::test]
 async fn the_simple_api_over_a_unix_socket_sends_the_urls_path_and_host() {
     let dir = TempDir::new();
-    let socket = dir.0.join("ws.sock");
+    let socket = dir.path().join("ws.sock");
     let seen = echo_server(&socket);
     simple_echo("ws://daemon.local/v1/events?x=1", through(&socket))
         .await
@@ -164,7 +140,7 @@ async fn the_simple_api_over_a_unix_socket_sends_the_urls_path_and_host() {
 #[actix_rt::test]
 async fn the_actor_client_over_a_unix_socket() {
     let dir = TempDir::new();
-    let socket = dir.0.join("ws.sock");
+    let socket = dir.path().join("ws.sock");
     echo_server(&socket);
     let request = ConnectRequest::new("ws://localhost/echo").options(through(&socket));
     let (handler, mut events) = Recorder::new(request);
@@ -180,7 +156,7 @@ async fn the_actor_client_over_a_unix_socket() {
 #[test]
 fn the_blocking_api_over_a_unix_socket() {
     let dir = TempDir::new();
-    let socket = dir.0.join("ws.sock");
+    let socket = dir.path().join("ws.sock");
     echo_server(&socket);
     let (connection, frames) = blocking::connect(
         "ws://localhost/echo",
@@ -201,7 +177,7 @@ fn the_blocking_api_over_a_unix_socket() {
 #[actix_rt::test]
 async fn a_missing_socket_is_a_connect_error_naming_it() {
     let dir = TempDir::new();
-    let socket = dir.0.join("nobody-listens.sock");
+    let socket = dir.path().join("nobody-listens.sock");
     let error = simple_echo("ws://localhost/", through(&socket))
         .await
         .unwrap_err();
@@ -214,7 +190,7 @@ async fn a_missing_socket_is_a_connect_error_naming_it() {
 async fn the_path_length_limit_is_checked_at_its_edge() {
     let max = ConnectOptions::MAX_UNIX_SOCKET_PATH;
     let dir = TempDir::new();
-    let prefix = dir.0.join("s").into_os_string().into_string().unwrap();
+    let prefix = dir.path().join("s").into_os_string().into_string().unwrap();
     assert!(
         prefix.len() < max,
         "temp dir too long for this test: {prefix}"
@@ -241,7 +217,7 @@ async fn the_path_length_limit_is_checked_at_its_edge() {
 #[actix_rt::test]
 async fn python_websockets_over_a_unix_socket_plain_and_with_tls() {
     let dir = TempDir::new();
-    let socket = dir.0.join("py.sock");
+    let socket = dir.path().join("py.sock");
     let _plain =
         support::python_unix_echo_server(&socket, None).unwrap_or_else(|e| panic!("python: {e}"));
     simple_echo("ws://localhost/", through(&socket))
@@ -254,7 +230,7 @@ async fn python_websockets_over_a_unix_socket_plain_and_with_tls() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let tls_socket = dir.0.join("py-tls.sock");
+    let tls_socket = dir.path().join("py-tls.sock");
     let _tls = support::python_unix_echo_server(
         &tls_socket,
         Some((&certificate.pem(), &key.serialize_pem())),

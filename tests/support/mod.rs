@@ -10,6 +10,11 @@
 //! * [`Proxy`]: a TCP forwarder that can pass, pause, blackhole or reset connections.
 //! * [`python_echo_server`] / [`node_echo_server`]: independent implementations (Python
 //!   `websockets`, Node `ws`) installed on first use under `<target>/interop`.
+//! * [`forwarding_proxy`] / [`answering_proxy`] / [`scripted_proxy`]: small HTTP CONNECT and
+//!   SOCKS proxies that follow a script.
+//! * [`TempDir`]: a temporary directory, removed on drop.
+//! * [`set_proxy_environment`] / [`PROXY_VARIABLES`]: the proxy environment variables.
+//! * [`cli`] (with the `cli` feature): the `minch` binary run as a bounded process.
 //!
 //! Everything binds 127.0.0.1 only, and every wait is bounded.
 //!
@@ -22,12 +27,17 @@
 #![allow(unused_imports)]
 
 mod bg;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod eventlog;
 mod interop;
 mod proxy;
+mod proxy_env;
 mod raw;
+mod scripted_proxy;
 mod server;
 pub mod stream;
+mod tempdir;
 
 pub use self::bg::MAX_PEER_LIFETIME;
 pub use self::eventlog::EventLog;
@@ -37,13 +47,18 @@ pub use self::interop::{
     NODE_WS_VERSION, PY_WEBSOCKETS_VERSION,
 };
 pub use self::proxy::{Proxy, ProxyMode};
+pub use self::proxy_env::{set_proxy_environment, PROXY_VARIABLES};
 pub use self::raw::{
     accept_upgrade_blocking, binary_frame, close_frame, decode_frame, frame_bytes, frame_header,
     masked_frame_bytes, scripted_ws_server, scripted_ws_server_seq, sec_websocket_accept,
     silent_tcp_server, text_frame, ClientFrame, Handshake, LenForm, RawEvent, RawFrame,
     ScriptedServer, SilentServer, Step, WS_GUID,
 };
+pub use self::scripted_proxy::{
+    answering_proxy, forwarding_proxy, read_head, scripted_proxy, AnsweringProxy, Heads,
+};
 pub use self::server::{ServerEvent, TestServer};
+pub use self::tempdir::TempDir;
 
 use std::time::Duration;
 
