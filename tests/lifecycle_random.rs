@@ -13,7 +13,8 @@
 //!
 //! # The scenario model
 //!
-//! Each scenario (a proptest value, generated from its own 64-bit seed) has four parts:
+//! Each scenario (a proptest value, generated from its own 64-bit seed) has four parts, the
+//! last of them (the test's ops, in one list) in two bullets:
 //!
 //! * **client options**: short timeouts so that a scenario takes tens of milliseconds
 //!   (connect and upgrade 100 ms, close 50 ms), keepalive pings every 20–50 ms (pong timeout
@@ -34,15 +35,27 @@
 //!   fails rarely. Every callback is logged with a timestamp, and so is the handler's `Drop`;
 //! * **the test's messages**: `SendFrame`, `TrySendFrame` (single or in bursts, so that the
 //!   mailbox holds several), `SendFrame(Frame::Close)`, `Info` and `Close` at random times in
-//!   the first 200 ms; each result is logged with the time it resolved.
+//!   the first 200 ms; each result is logged with the time it resolved;
+//! * **the test's `FrameSender` calls**, at random times in the same 200 ms: `GetFrameSender`
+//!   (often at 0 ms, before the first connection; a sender op with no sender yet asks for one
+//!   first), `send` of one frame or a burst, `send_all`, `send(Frame::Close)` (code 4000 + the
+//!   op's index, so that the wire tells whose close it is), an invalid frame (a 126-byte ping
+//!   by `send`, or with a valid frame by `send_all`), each on the test's thread (the actix
+//!   thread, the client's) or on a thread of its own that runs while the client does (a burst
+//!   there may be spaced 1 ms apart), and streams: a thread that sends every 100 µs or so for
+//!   5–60 ms, so that frames are in the queue when connections end. Each call is logged with
+//!   its thread and the moments before and after it (a sender decides at once).
 //!
 //! Every frame carries a tag: `s<conn>.<seq>` from the server, `h<conn>.<n>` from a handler
-//! reply (`h-.<n>` when the handler was not connected), `t<op>` from the test. The server puts
-//! the connection's accept index in a response header, so the handler knows which connection
-//! it is on. A scenario runs until the client terminates by itself, its horizon (40–250 ms)
-//! passes or the server has accepted 16 connections; then the test sends `Close` (after a
-//! terminate too: it must resolve at once) and waits, every wait bounded. 12 scenarios run at
-//! a time on one actix thread; the servers share one tokio thread.
+//! reply (`h-.<n>` when the handler was not connected), `t<op>` (or `t<op>.<k>` in a burst)
+//! from the test, through the `Addr` or a `FrameSender`. The server puts the connection's
+//! accept index in a response header, so the handler knows which connection it is on. A
+//! scenario runs until the client terminates by itself, its horizon (40–250 ms) passes or the
+//! server has accepted 16 connections; then the test sends `Close` (after a terminate too: it
+//! must resolve at once) and waits, every wait bounded. Once the client has terminated, the
+//! test's sender sends `tz.0` and `send_all`s `tz.1`, and a sender asked for then sends
+//! `tz.2`; at the end `GetStats` reads `frames_unsent`. 12 scenarios run at a time on one
+//! actix thread; the servers share one tokio thread.
 //!
 //! # Invariants (checked on every run; the keys appear in failure reports)
 //!
@@ -64,12 +77,14 @@
 //!    * **2d** Callbacks follow the attempt cycle: `connect`, then `handle_connect` or
 //!      `handle_disconnect`; after `handle_connect`, one `handle_disconnect` (or `terminate`).
 //! 3. Sends
-//!    * **3a** Every `SendFrame`/`TrySendFrame`/`Close` resolves, within the bound, with the
-//!      client's answer (never an actix `MailboxError`).
+//!    * **3a** Every `SendFrame`/`TrySendFrame`/`Close`/`GetFrameSender` resolves, within the
+//!      bound, with the client's answer (never an actix `MailboxError`); so does the final
+//!      `GetStats`.
 //!    * **3b** A frame whose send returned `Ok` is on the wire exactly once, unless a
 //!      connection it may have gone to was cut by a reset before the server read it all; a
 //!      `SendFrame(Frame::Close)` that returned `Ok` put a close frame on the wire.
-//!    * **3c** No data frame follows the client's close frame on any connection.
+//!    * **3c** No data frame follows the client's close frame on any connection (whoever sent
+//!      it, `FrameSender` frames included, and whoever began the close: a sender's close too).
 //!    * **3d** A frame whose send returned an error never reaches the wire.
 //!    * **3e** Sends while the client waits to (re)connect get `SendError::NotConnected` (or
 //!      `Stopped`, once a final stop was asked for); sends after `terminate` get
@@ -79,7 +94,8 @@
 //!      connection `i`'s `handle_connect` and its end, intact, in order, at most once.
 //!    * **4b** A frame sent while connection `i` was open goes out on connection `i` only.
 //!    * **4c** After a stop request (`Reply::Stop`, `ctx.stop`) or `terminate`, no new frame
-//!      reaches the server: neither replies of later callbacks nor the test's later sends.
+//!      reaches the server: neither replies of later callbacks nor the test's later sends,
+//!      through the `Addr` or a `FrameSender`.
 //! 5. **5** The client never hangs or spins: every scenario finishes within 5 s. (A client
 //!    stuck inside one poll would stop the actix thread and every bound with it: a watchdog
 //!    thread then ends the test binary after 60 s without progress, naming the seeds in flight.)
@@ -88,10 +104,49 @@
 //!      `DisconnectReason::Error(Error::Timeout(Timeout::Close))`.
 //!    * **6b** An info that `ctx.cancel` cancelled (it returned true: still pending) never
 //!      reaches `handle_info`.
+//! 7. `FrameSender` (an accepted frame is one whose `send`/`send_all` returned `Ok`)
+//!    * **7a** A refusal at once puts none of the call's frames on the wire, and is the right
+//!      one: `InvalidFrame` exactly for the invalid frames (`send` of one always; `send_all`
+//!      with one unless it is not connected or stopped); `Stopped` only once a final stop was
+//!      asked for (a stop request, `Reconnect::Stop`, a `Close`, a failed `init`);
+//!      `NotConnected` never while a connection was surely open, and no other error. "Surely
+//!      open": from connection `i`'s `handle_connect` (for the test's thread, which cannot run
+//!      inside the client's turn that opens the queue; for other threads, from the first moment
+//!      the queue was seen open on `i`: a call on the test's thread, or an accepted call) until
+//!      the first thing that may have begun its end: the server's close, violation, reset or
+//!      FIN on `i`, the end of its TCP connection, the test's `SendFrame(Close)`/`Close`, a
+//!      sender's accepted close, the handler's `Reply::Close`/`Reply::Stop`/`ctx.stop`, its
+//!      `handle_disconnect`/`terminate`, and (with keepalive, unless it ended otherwise)
+//!      one ping interval after `handle_connect`. (Whether frames may be accepted once the
+//!      client's close handshake began is 7f's matter.)
+//!    * **7b** An accepted frame was accepted while a connection was open, goes out at most
+//!      once, and only on a connection open while it was accepted (never on the next one); the
+//!      frames of one thread go out on a connection in the order they were sent.
+//!    * **7c** Nothing is dropped silently: the accepted frames missing from the wire, apart
+//!      from those whose connection was cut by a reset (as 3b allows), are at most the
+//!      `Error::Send` reports to `handle_error` plus `Stats::frames_unsent` (which count the
+//!      handler's and the `Addr`'s refusals and losses too: the check is an upper bound); and
+//!      no more sender frames reach the wire than were accepted.
+//!    * **7d** An accepted frame goes before whatever an `Addr` message sent after its `send`
+//!      returned does: before the test's later `SendFrame`/`TrySendFrame`, and before the
+//!      handler's reply to a later test `Info`, when both are on the same connection.
+//!    * **7e** After `terminate`, `send` and `send_all` return `Stopped` (an invalid frame
+//!      excepted: `send` checks the frame first), also from a sender asked for after it.
+//!    * **7f** Once the client's close handshake has begun on a connection (the client is no
+//!      longer connected: `Stats::connected` is false, `SendFrame` answers `Closing`), senders
+//!      are refused at once, until the connection's end (`handle_disconnect`/`terminate`):
+//!      no call made after that moment returns `Ok`. Surely begun: once the test's
+//!      `SendFrame(Close)` resolved `Ok`; for the test's thread (which cannot run inside a turn
+//!      of the client) also once the server read the client's close frame or a callback
+//!      returned `Reply::Close`. (Frames queued before the client took a close may be accepted:
+//!      they are refused later, to `handle_error`.)
+//!      **Fails on the current `src`**: see `tests/sender_regressions.rs`.
 //!
 //! Timestamps come from `Instant::now()`; the handler and the test's tasks run on the same
 //! thread, so their order is exact. A send's processing lies between its issue and its
-//! resolution, which is how sends are related to connection windows (3b, 3e, 4b).
+//! resolution, which is how sends are related to connection windows (3b, 3e, 4b). Sender
+//! threads take their timestamps on their own threads, from the same monotonic clock (7a, 7b,
+//! 7d).
 //!
 //! All scenarios run; then, for every violated invariant, the first scenario that broke it is
 //! shrunk (each candidate is run 4 times; it counts as failing if one run breaks the same
@@ -111,8 +166,8 @@ use futures_util::future::join_all;
 use futures_util::{stream, StreamExt};
 use minch::{
     Client, ClientContext, Close, ConnectOptions, ConnectRequest, DisconnectReason, Error, Frame,
-    Info, MinchHandler, Reconnect, Reply, Response, SendError, SendFrame, StopReason, Timeout,
-    TrySendFrame,
+    FrameSender, GetFrameSender, GetStats, Info, MinchHandler, Reconnect, Reply, Response,
+    SendError, SendFrame, StopReason, Timeout, TrySendFrame,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -142,6 +197,9 @@ const CONN_HEADER: &str = "x-minch-conn";
 const SHRINK_COPIES: usize = 4;
 /// A handler-scheduled info's id starts here; test `Info` ids are the op index.
 const SCHEDULED_INFO_IDS: u32 = 1000;
+/// A `FrameSender` close of op `i` carries code `SENDER_CLOSE_CODES + i`: no other close the
+/// client sends has a code in that range, so the wire tells which op's close went out.
+const SENDER_CLOSE_CODES: u16 = 4000;
 
 // =============================================================================================
 // The scenario model
@@ -286,6 +344,46 @@ enum OpKind {
     /// `SendFrame(Frame::Close(code))`: starts the close handshake.
     SendClose(u16),
     Close,
+    /// `addr.send(GetFrameSender)`: the sender ops after it use this sender. A sender op with no
+    /// sender yet asks for one first.
+    GetSender,
+    /// `n` calls of `FrameSender::send`, one data frame each.
+    SenderSend {
+        n: usize,
+        pad: usize,
+        on: On,
+    },
+    /// One `FrameSender::send_all` of `n` data frames.
+    SenderSendAll {
+        n: usize,
+        pad: usize,
+        on: On,
+    },
+    /// A thread of its own calls `FrameSender::send` every 100 µs or so for `ms` (or until
+    /// `Stopped`), whatever the other answers: frames are in the queue at almost every moment,
+    /// also when a connection ends.
+    SenderStream {
+        ms: u64,
+        pad: usize,
+    },
+    /// `FrameSender::send(Frame::close(SENDER_CLOSE_CODES + op, ..))`.
+    SenderClose {
+        on: On,
+    },
+    /// A frame the sender must refuse: `send` of a 126-byte ping or, with `all`, `send_all` of
+    /// a tagged data frame and that ping.
+    SenderInvalid {
+        all: bool,
+    },
+}
+
+/// Where a sender op makes its calls.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    /// On the test's thread (the actix thread, which the client runs on too), in one go.
+    Here,
+    /// On a thread of its own, while the client runs; `spaced`: 1 ms between sends.
+    Thread { spaced: bool },
 }
 
 // ---- one line per part in failure reports
@@ -365,7 +463,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         client_plan(),
         prop::collection::vec(conn_plan(), 1..=4),
         handler_plan(),
-        prop::collection::vec(op(), 0..=10),
+        prop::collection::vec(op(), 0..=14),
     )
         .prop_map(|(client, conns, handler, mut ops)| {
             ops.sort_by_key(|op| op.at_ms);
@@ -509,8 +607,29 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(OpKind::Info),
         1 => close_code().prop_map(OpKind::SendClose),
         1 => Just(OpKind::Close),
+        3 => (prop_oneof![Just(1usize), 2..=12usize], pad(), on())
+            .prop_map(|(n, pad, on)| OpKind::SenderSend { n, pad, on }),
+        1 => (1..=8usize, pad(), on()).prop_map(|(n, pad, on)| OpKind::SenderSendAll { n, pad, on }),
+        1 => prop_oneof![
+            2 => on().prop_map(|on| OpKind::SenderClose { on }),
+            1 => any::<bool>().prop_map(|all| OpKind::SenderInvalid { all }),
+        ],
+        1 => (5..=60u64, prop_oneof![4 => 0..40usize, 1 => 100..2_000usize])
+            .prop_map(|(ms, pad)| OpKind::SenderStream { ms, pad }),
     ];
-    (0..=200u64, kind).prop_map(|(at_ms, kind)| Op { at_ms, kind })
+    // A sender is asked for at a random time, often before the first connection.
+    let get_sender_at = prop_oneof![Just(0u64), 0..=200u64];
+    prop_oneof![
+        15 => (0..=200u64, kind).prop_map(|(at_ms, kind)| Op { at_ms, kind }),
+        1 => get_sender_at.prop_map(|at_ms| Op { at_ms, kind: OpKind::GetSender }),
+    ]
+}
+
+fn on() -> impl Strategy<Value = On> {
+    prop_oneof![
+        2 => Just(On::Here),
+        1 => any::<bool>().prop_map(|spaced| On::Thread { spaced }),
+    ]
 }
 
 /// The scenario of a seed, as a proptest value tree (so that it can be shrunk).
@@ -1411,6 +1530,10 @@ struct Run {
     conns: Vec<ConnLog>,
     /// What the run was still waiting for when the scenario bound passed.
     stuck: Vec<&'static str>,
+    /// The scenario's keepalive interval.
+    ping_interval: Option<Duration>,
+    /// `Stats::frames_unsent` after the end; `None` if `GetStats` got no answer.
+    unsent: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1418,9 +1541,64 @@ struct Ops {
     sends: Vec<SendRec>,
     closes: Vec<CloseRec>,
     infos: Vec<(Instant, u32)>,
-    /// Requests not resolved yet; the op runner counts as one until it has issued every op.
+    /// `FrameSender` calls, in call order per thread.
+    sender: Vec<SenderRec>,
+    /// `GetFrameSender` requests: issued, and when and how they resolved.
+    getters: Vec<GetRec>,
+    /// Requests not resolved yet; the op runner counts as one until it has issued every op, and
+    /// so does each sender thread until its calls are done.
     pending: usize,
 }
+
+/// A `GetFrameSender` request: issued, and when and how it resolved (`Err`: the actix mailbox
+/// error).
+#[derive(Debug, Clone)]
+struct GetRec {
+    issued: Instant,
+    resolved: Option<(Instant, Result<(), String>)>,
+}
+
+/// One `FrameSender::send` or `send_all` call; it returns at once, so `issued` and
+/// `resolved` bracket the moment the sender decided.
+#[derive(Debug, Clone)]
+struct SenderRec {
+    call: SenderCall,
+    /// The tags of its data frames, in order.
+    tags: Vec<String>,
+    /// The code of its close frame.
+    close_code: Option<u16>,
+    /// Which thread called: 0 for the test's thread, `op + 1` for a sender thread.
+    seq: usize,
+    issued: Instant,
+    resolved: Instant,
+    result: Result<(), SendError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SenderCall {
+    Send,
+    SendAll,
+    Close,
+    /// `send` of an invalid frame.
+    Invalid,
+    /// `send_all` with an invalid frame among them.
+    InvalidAll,
+}
+
+impl SenderCall {
+    fn name(self) -> &'static str {
+        match self {
+            SenderCall::Send => "send",
+            SenderCall::SendAll => "send_all",
+            SenderCall::Close => "send(Close)",
+            SenderCall::Invalid => "send(invalid)",
+            SenderCall::InvalidAll => "send_all(invalid)",
+        }
+    }
+}
+
+/// The sender the test's sender ops use.
+type SharedSender = Arc<Mutex<Option<FrameSender>>>;
 
 #[derive(Debug, Clone)]
 struct SendRec {
@@ -1494,11 +1672,13 @@ async fn run_scenario(
     let deadline = t0 + SCENARIO_BOUND;
     let addr = Client::start(handler);
     let ops = SharedOps::default();
+    let sender = SharedSender::default();
     lock(&ops).pending += 1;
     actix_rt::spawn(run_ops(
         scenario.ops.clone(),
         addr.clone(),
         ops.clone(),
+        sender.clone(),
         t0,
         deadline,
     ));
@@ -1520,12 +1700,42 @@ async fn run_scenario(
     issue_close(&addr, &ops, deadline);
     if !wait_until(deadline, || terminated_at().is_some()).await {
         stuck.push("terminate");
+    } else {
+        // 7e: after terminate, a sender refuses with Stopped, and so does one asked for now.
+        let existing = lock(&sender).clone();
+        if let Some(existing) = existing {
+            let frame = data_frame("tz.0", false, 0);
+            sender_call(&ops, 0, SenderCall::Send, vec!["tz.0".into()], None, || {
+                existing.send(frame)
+            });
+            let frame = data_frame("tz.1", true, 0);
+            sender_call(
+                &ops,
+                0,
+                SenderCall::SendAll,
+                vec!["tz.1".into()],
+                None,
+                || existing.send_all([frame]),
+            );
+        }
+        if let Some(late) = get_sender(&addr, &ops, deadline).await {
+            let frame = data_frame("tz.2", false, 0);
+            sender_call(&ops, 0, SenderCall::Send, vec!["tz.2".into()], None, || {
+                late.send(frame)
+            });
+        }
     }
     // Connections that stopped reading read again, so the wire checks see all the client wrote.
     server.drain();
     if !wait_until(deadline, || lock(&ops).pending == 0).await {
         stuck.push("every send and Close to resolve");
     }
+    // 7c: what was accepted and lost with its connection is counted here.
+    let unsent = tokio::time::timeout_at(deadline.into(), addr.send(GetStats))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|stats| stats.frames_unsent);
     // 1c and 1d: the Addr is still held here.
     let after_terminate = terminated_at().map_or(deadline, |t| t + AFTER_TERMINATE);
     wait_until(after_terminate.max(Instant::now()), || {
@@ -1543,6 +1753,8 @@ async fn run_scenario(
         ops,
         conns,
         stuck,
+        ping_interval: scenario.client.ping_interval_ms.map(Duration::from_millis),
+        unsent,
     }
 }
 
@@ -1551,6 +1763,7 @@ async fn run_ops(
     plan: Vec<Op>,
     addr: Addr<Client<Fuzz>>,
     ops: SharedOps,
+    sender: SharedSender,
     t0: Instant,
     deadline: Instant,
 ) {
@@ -1589,9 +1802,180 @@ async fn run_ops(
                 track_send(&ops, None, "SendFrame(Close)", request, deadline);
             }
             OpKind::Close => issue_close(&addr, &ops, deadline),
+            OpKind::GetSender => {
+                if let Some(new) = get_sender(&addr, &ops, deadline).await {
+                    *lock(&sender) = Some(new);
+                }
+            }
+            OpKind::SenderSend { .. }
+            | OpKind::SenderSendAll { .. }
+            | OpKind::SenderStream { .. }
+            | OpKind::SenderClose { .. }
+            | OpKind::SenderInvalid { .. } => {
+                let current = lock(&sender).clone();
+                let current = match current {
+                    Some(current) => Some(current),
+                    None => {
+                        let new = get_sender(&addr, &ops, deadline).await;
+                        lock(&sender).clone_from(&new);
+                        new
+                    }
+                };
+                if let Some(current) = current {
+                    sender_op(i, op.kind.clone(), current, &ops);
+                }
+            }
         }
     }
     lock(&ops).pending -= 1;
+}
+
+/// `addr.send(GetFrameSender)`, logged; `None` if it got no answer in time.
+async fn get_sender(
+    addr: &Addr<Client<Fuzz>>,
+    ops: &SharedOps,
+    deadline: Instant,
+) -> Option<FrameSender> {
+    let request = addr.send(GetFrameSender);
+    let index = {
+        let mut ops = lock(ops);
+        ops.getters.push(GetRec {
+            issued: Instant::now(),
+            resolved: None,
+        });
+        ops.getters.len() - 1
+    };
+    let result = match tokio::time::timeout_at(deadline.into(), request).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => return None,
+    };
+    let sender = result.as_ref().ok().cloned();
+    lock(ops).getters[index].resolved = Some((Instant::now(), result.map(drop)));
+    sender
+}
+
+/// Plays a sender op: on this thread, or on a thread of its own that the client does not wait
+/// for.
+fn sender_op(i: usize, kind: OpKind, sender: FrameSender, ops: &SharedOps) {
+    let on = match kind {
+        OpKind::SenderSend { on, .. }
+        | OpKind::SenderSendAll { on, .. }
+        | OpKind::SenderClose { on } => on,
+        OpKind::SenderStream { .. } => On::Thread { spaced: true },
+        _ => On::Here,
+    };
+    match on {
+        On::Here => play_sender(i, &kind, &sender, ops, 0, false),
+        On::Thread { spaced } => {
+            lock(ops).pending += 1;
+            let ops = ops.clone();
+            std::thread::spawn(move || {
+                play_sender(i, &kind, &sender, &ops, i + 1, spaced);
+                lock(&ops).pending -= 1;
+            });
+        }
+    }
+}
+
+fn play_sender(
+    i: usize,
+    kind: &OpKind,
+    sender: &FrameSender,
+    ops: &SharedOps,
+    seq: usize,
+    spaced: bool,
+) {
+    match *kind {
+        OpKind::SenderSend { n, pad, .. } => {
+            for k in 0..n {
+                if spaced && k > 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let tag = if n == 1 {
+                    format!("t{i}")
+                } else {
+                    format!("t{i}.{k}")
+                };
+                let frame = data_frame(&tag, k % 2 == 1, pad);
+                sender_call(ops, seq, SenderCall::Send, vec![tag], None, || {
+                    sender.send(frame)
+                });
+            }
+        }
+        OpKind::SenderStream { ms, pad } => {
+            let until = Instant::now() + Duration::from_millis(ms);
+            let mut k = 0;
+            while Instant::now() < until {
+                let tag = format!("t{i}.{k}");
+                let frame = data_frame(&tag, k % 2 == 1, pad);
+                let stopped = sender_call(ops, seq, SenderCall::Send, vec![tag], None, || {
+                    sender.send(frame)
+                });
+                if stopped {
+                    break;
+                }
+                k += 1;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        OpKind::SenderSendAll { n, pad, .. } => {
+            let tags: Vec<String> = (0..n).map(|k| format!("t{i}.{k}")).collect();
+            let frames: Vec<Frame> = tags
+                .iter()
+                .enumerate()
+                .map(|(k, tag)| data_frame(tag, k % 2 == 1, pad))
+                .collect();
+            sender_call(ops, seq, SenderCall::SendAll, tags, None, || {
+                sender.send_all(frames)
+            });
+        }
+        OpKind::SenderClose { .. } => {
+            let code = SENDER_CLOSE_CODES + u16::try_from(i).expect("few ops");
+            let frame = Frame::close(code, "sender");
+            sender_call(ops, seq, SenderCall::Close, Vec::new(), Some(code), || {
+                sender.send(frame)
+            });
+        }
+        OpKind::SenderInvalid { all } => {
+            let ping = Frame::ping(vec![0; 126]);
+            if all {
+                let tag = format!("t{i}.0");
+                let frames = [data_frame(&tag, false, 0), ping];
+                sender_call(ops, seq, SenderCall::InvalidAll, vec![tag], None, || {
+                    sender.send_all(frames)
+                });
+            } else {
+                sender_call(ops, seq, SenderCall::Invalid, Vec::new(), None, || {
+                    sender.send(ping)
+                });
+            }
+        }
+        _ => unreachable!("not a sender op"),
+    }
+}
+
+/// Makes one sender call and logs it; whether the sender said `Stopped`.
+fn sender_call(
+    ops: &SharedOps,
+    seq: usize,
+    call: SenderCall,
+    tags: Vec<String>,
+    close_code: Option<u16>,
+    send: impl FnOnce() -> Result<(), SendError>,
+) -> bool {
+    let issued = Instant::now();
+    let result = send();
+    let resolved = Instant::now();
+    lock(ops).sender.push(SenderRec {
+        call,
+        tags,
+        close_code,
+        seq,
+        issued,
+        resolved,
+        result: result.clone(),
+    });
+    result == Err(SendError::Stopped)
 }
 
 fn issue_send(
@@ -1744,6 +2128,27 @@ const INVARIANTS: &[(&str, &str)] = &[
         "6b",
         "an info cancelled while pending never reaches handle_info",
     ),
+    (
+        "7a",
+        "a FrameSender refusal at once is the right one and its frames never reach the wire",
+    ),
+    (
+        "7b",
+        "an accepted sender frame goes out at most once, on the connection open then, in send order",
+    ),
+    (
+        "7c",
+        "accepted sender frames are on the wire or reported (handle_error, frames_unsent)",
+    ),
+    (
+        "7d",
+        "an accepted sender frame goes before what a later Addr message does",
+    ),
+    ("7e", "after terminate, a FrameSender refuses with Stopped"),
+    (
+        "7f",
+        "no sender frame is accepted once the client's close handshake has begun",
+    ),
 ];
 
 fn describe(key: &str) -> &'static str {
@@ -1854,6 +2259,7 @@ fn check(run: &Run) -> Vec<Violation> {
     check_callbacks(&facts, &mut fail);
     check_sends(&facts, &mut fail);
     check_wire(&facts, &mut fail);
+    check_senders(&facts, &mut fail);
     check_extras(&facts, &mut fail);
     if !run.stuck.is_empty() {
         fail(
@@ -2287,6 +2693,519 @@ fn check_wire(facts: &Facts<'_>, fail: &mut impl FnMut(&'static str, String)) {
     }
 }
 
+/// The `FrameSender` calls: 7a–7e, and 4c for their frames.
+fn check_senders(facts: &Facts<'_>, fail: &mut impl FnMut(&'static str, String)) {
+    let run = facts.run;
+    let recs = &run.ops.sender;
+    for GetRec { issued, resolved } in &run.ops.getters {
+        match resolved {
+            None => fail(
+                "3a",
+                format!(
+                    "GetFrameSender issued at {} never resolved",
+                    facts.ms(*issued)
+                ),
+            ),
+            Some((_, Err(error))) => fail(
+                "3a",
+                format!("GetFrameSender issued at {}: {error}", facts.ms(*issued)),
+            ),
+            Some((_, Ok(()))) => {}
+        }
+    }
+    if run.unsent.is_none() && run.stuck.is_empty() {
+        fail("3a", "GetStats after the end got no answer".into());
+    }
+    let spans = surely_open(facts);
+    // A final stop asked for before `at`: the only reason for Stopped.
+    let stop_asked = |at: Instant| {
+        facts.stop_request.is_some_and(|(_, s, _)| s < at)
+            || facts.terminate.is_some_and(|t| t < at)
+            || run.ops.closes.iter().any(|close| close.issued < at)
+            || run
+                .log
+                .iter()
+                .any(|e| matches!(e.ev, Ev::Init { ok: false }) && e.at < at)
+    };
+    let mut close_places: HashMap<u16, Vec<(usize, usize)>> = HashMap::new();
+    for (conn, log) in run.conns.iter().enumerate() {
+        for (position, seen) in log.frames.iter().enumerate() {
+            if let (opcode::CLOSE, Some(code)) = (seen.opcode, seen.close_code) {
+                close_places.entry(code).or_default().push((conn, position));
+            }
+        }
+    }
+    let places_of = |rec: &SenderRec| -> Vec<(String, Vec<(usize, usize)>)> {
+        let mut places: Vec<(String, Vec<(usize, usize)>)> = rec
+            .tags
+            .iter()
+            .map(|tag| {
+                (
+                    tag.clone(),
+                    facts.wire.get(tag).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if let Some(code) = rec.close_code {
+            let found = close_places.get(&code).cloned().unwrap_or_default();
+            places.push((format!("close {code}"), found));
+        }
+        places
+    };
+
+    // Accounting (7c): accepted frames, those on the wire, those excused by a cut connection,
+    // and those missing.
+    let mut accepted = 0usize;
+    let mut on_wire = 0usize;
+    let mut excused = 0usize;
+    let mut missing: Vec<String> = Vec::new();
+    // Where each accepted data frame went.
+    let mut accepted_at: Vec<Accepted> = Vec::new();
+    for rec in recs {
+        let thread = if rec.seq == 0 {
+            "test's thread".to_owned()
+        } else {
+            format!("thread {}", rec.seq)
+        };
+        let what = format!(
+            "sender {} {:?}{} on the {thread} (issued {}, returned {})",
+            rec.call.name(),
+            rec.tags,
+            rec.close_code
+                .map_or(String::new(), |code| format!(" code {code}")),
+            facts.ms(rec.issued),
+            facts.ms(rec.resolved)
+        );
+        let places = places_of(rec);
+        let after_terminate = facts.terminate.is_some_and(|t| rec.issued > t);
+        match &rec.result {
+            Err(error) => {
+                for (name, found) in &places {
+                    if let Some(&(conn, _)) = found.first() {
+                        fail(
+                            "7a",
+                            format!("{what} was refused ({error:?}) but {name} went out on connection {conn}"),
+                        );
+                    }
+                }
+                let right = match error {
+                    SendError::InvalidFrame(_) => {
+                        matches!(rec.call, SenderCall::Invalid | SenderCall::InvalidAll)
+                    }
+                    _ if rec.call == SenderCall::Invalid => false,
+                    SendError::NotConnected => match spans.iter().find(|span| span.covers(rec)) {
+                        Some(span) => {
+                            fail(
+                                    "7a",
+                                    format!(
+                                        "{what}: NotConnected, but connection {} was open from {} to {} with nothing closing it",
+                                        span.conn,
+                                        facts.ms(span.from(rec.seq).unwrap_or(span.until)),
+                                        facts.ms(span.until)
+                                    ),
+                                );
+                            true
+                        }
+                        None => true,
+                    },
+                    SendError::Stopped => stop_asked(rec.resolved),
+                    _ => false,
+                };
+                if !right {
+                    fail(
+                        "7a",
+                        format!("{what}: {error:?} is not a refusal at once it may give"),
+                    );
+                }
+                if after_terminate
+                    && rec.call != SenderCall::Invalid
+                    && *error != SendError::Stopped
+                {
+                    let since = facts.ms(facts.terminate.unwrap());
+                    fail(
+                        "7e",
+                        format!("{what} after terminate at {since}: {error:?}, not Stopped"),
+                    );
+                }
+            }
+            Ok(()) => {
+                if matches!(rec.call, SenderCall::Invalid | SenderCall::InvalidAll) {
+                    fail("7a", format!("{what}: Ok for an invalid frame"));
+                }
+                if after_terminate {
+                    let since = facts.ms(facts.terminate.unwrap());
+                    fail(
+                        "7e",
+                        format!("{what} after terminate at {since}: Ok, not Stopped"),
+                    );
+                }
+                let candidates: Vec<usize> = (0..run.conns.len())
+                    .filter(|&conn| facts.open_during(conn, rec.issued, rec.resolved))
+                    .collect();
+                if candidates.is_empty() {
+                    fail("7b", format!("{what}: Ok while no connection was open"));
+                }
+                let cut = candidates
+                    .iter()
+                    .any(|&conn| !matches!(run.conns[conn].end, Some((_, End::Eof { .. }))));
+                for (name, found) in &places {
+                    accepted += 1;
+                    match found.as_slice() {
+                        [] if cut => excused += 1,
+                        [] => missing.push(name.clone()),
+                        [place, rest @ ..] => {
+                            on_wire += 1;
+                            if !rest.is_empty() {
+                                fail(
+                                    "7b",
+                                    format!("{what}: {name} went out {} times", found.len()),
+                                );
+                            }
+                            if rec.close_code.is_none() {
+                                accepted_at.push(Accepted {
+                                    seq: rec.seq,
+                                    order: accepted,
+                                    place: *place,
+                                    at: rec.resolved,
+                                    tag: name.clone(),
+                                });
+                            }
+                        }
+                    }
+                    for &(conn, _) in found {
+                        if !facts.open_during(conn, rec.issued, rec.resolved) {
+                            fail(
+                                "7b",
+                                format!("{what}: {name} went out on connection {conn}, which was not open then"),
+                            );
+                        }
+                    }
+                    if let Some((cb, stop_at, request)) = facts.stop_request {
+                        if rec.issued > stop_at && !found.is_empty() {
+                            fail(
+                                "4c",
+                                format!(
+                                    "{what}: {name} reached the server after {request} at {} (callback {cb})",
+                                    facts.ms(stop_at)
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // 7f: once the client's close handshake began on a connection, its senders are refused
+    // at once. Surely begun, for every thread: once the test's SendFrame(Close) resolved Ok
+    // (after the client's turn that took it). For the test's thread, which cannot run inside a
+    // client's turn, also once the server read the client's close frame, or a callback
+    // returned Reply::Close. (Not for other threads: within the turn that writes a close frame
+    // the client may not have closed the queue yet.)
+    for (&conn, &(start, end)) in &facts.windows {
+        let end = end.unwrap_or(run.t0 + Duration::from_secs(3600));
+        let mut any_thread: Vec<(Instant, String)> = Vec::new();
+        for send in run.ops.sends.iter().filter(|send| send.tag.is_none()) {
+            if let Some((at, Outcome::Ok)) = &send.resolved {
+                if facts.open_during(conn, send.issued, *at) {
+                    any_thread.push((*at, "the test's SendFrame(Close) resolved Ok".into()));
+                }
+            }
+        }
+        let mut here = any_thread.clone();
+        if let Some(seen) = run
+            .conns
+            .get(conn)
+            .and_then(|log| log.frames.iter().find(|f| f.opcode == opcode::CLOSE))
+        {
+            let what = format!("the server read the client's close {:?}", seen.close_code);
+            here.push((seen.at, what));
+        }
+        for e in &run.log {
+            if let Ev::ReplyClose(code) = e.ev {
+                if start <= e.at && e.at < end {
+                    here.push((
+                        e.at,
+                        format!("callback {} returned Reply::Close({code})", e.cb),
+                    ));
+                }
+            }
+        }
+        // `here` holds every moment `any_thread` does: it is empty only if that is.
+        if let Some(closing_here) = here.iter().min_by_key(|(at, _)| *at) {
+            let closing = any_thread.iter().min_by_key(|(at, _)| *at);
+            check_closing(facts, conn, end, closing_here, closing, fail);
+        }
+    }
+
+    // 7b: frames of one thread in send order on each connection.
+    let mut by_place: Vec<&Accepted> = accepted_at.iter().collect();
+    by_place.sort_by_key(|frame| frame.place);
+    let mut last: HashMap<(usize, usize), &Accepted> = HashMap::new();
+    for &frame in &by_place {
+        let conn = frame.place.0;
+        if let Some(before) = last.get(&(frame.seq, conn)) {
+            if before.order > frame.order {
+                fail(
+                    "7b",
+                    format!(
+                        "connection {conn}: sender frame {} went out before {}, sent earlier by the same thread",
+                        frame.tag, before.tag
+                    ),
+                );
+            }
+        }
+        last.insert((frame.seq, conn), frame);
+    }
+
+    // 7d: before whatever an Addr message sent after the frame was accepted does: the test's
+    // sends, and the handler's reply to a test Info.
+    let mut later: Vec<(Instant, String)> = run
+        .ops
+        .sends
+        .iter()
+        .filter_map(|send| Some((send.issued, send.tag.clone()?)))
+        .collect();
+    for &(issued, id) in &run.ops.infos {
+        let Some(cb) = run
+            .log
+            .iter()
+            .find(|e| matches!(e.ev, Ev::Info { id: i } if i == id))
+            .map(|e| e.cb)
+        else {
+            continue;
+        };
+        for e in run.log.iter().filter(|e| e.cb == cb) {
+            if let Ev::Sends { tags, .. } = &e.ev {
+                later.extend(tags.iter().map(|tag| (issued, tag.clone())));
+            }
+        }
+    }
+    for (issued, tag) in &later {
+        for &(conn, position) in facts.wire.get(tag).map(Vec::as_slice).unwrap_or_default() {
+            for frame in &accepted_at {
+                if frame.place.0 == conn && frame.place.1 > position && frame.at < *issued {
+                    fail(
+                        "7d",
+                        format!(
+                            "connection {conn}: {tag} (an Addr message at {}) went out before sender frame {}, accepted at {}",
+                            facts.ms(*issued),
+                            frame.tag,
+                            facts.ms(frame.at)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // 7c: every accepted frame is on the wire or accounted for, and nothing more went out.
+    let reports = run
+        .log
+        .iter()
+        .filter(|e| matches!(&e.ev, Ev::Error(error) if error.starts_with("Send(")))
+        .count();
+    if let Some(unsent) = run.unsent {
+        if missing.len() > reports + unsent as usize {
+            fail(
+                "7c",
+                format!(
+                    "{accepted} sender frames accepted, {on_wire} on the wire, {excused} on connections cut by a reset; \
+                     missing {missing:?}, but only {reports} Error::Send reports and frames_unsent = {unsent}"
+                ),
+            );
+        }
+    }
+    let went_out: usize = recs
+        .iter()
+        .flat_map(places_of)
+        .map(|(_, found)| found.len())
+        .sum();
+    if went_out > accepted {
+        fail(
+            "7c",
+            format!("{went_out} sender frames went out; only {accepted} were accepted"),
+        );
+    }
+}
+
+/// An accepted sender data frame that went out.
+struct Accepted {
+    /// The thread that sent it: 0 for the test's thread.
+    seq: usize,
+    /// Its place among the accepted frames, in call order (per thread, send order).
+    order: usize,
+    /// Connection and position among its frames on the wire.
+    place: (usize, usize),
+    /// When its `send` returned.
+    at: Instant,
+    tag: String,
+}
+
+/// 7f for connection `conn`: no sender call that began after its close handshake surely had
+/// (`here` for the test's thread, `any` for every thread) and ended before its end returned Ok.
+fn check_closing(
+    facts: &Facts<'_>,
+    conn: usize,
+    end: Instant,
+    here: &(Instant, String),
+    any: Option<&(Instant, String)>,
+    fail: &mut impl FnMut(&'static str, String),
+) {
+    let accepted: Vec<&SenderRec> = facts
+        .run
+        .ops
+        .sender
+        .iter()
+        .filter(|rec| rec.result.is_ok() && rec.resolved < end)
+        .filter(|rec| {
+            let since = if rec.seq == 0 { Some(here) } else { any };
+            since.is_some_and(|(at, _)| rec.issued > *at)
+        })
+        .collect();
+    let Some(first) = accepted.first() else {
+        return;
+    };
+    let (at, why) = if first.seq == 0 {
+        here
+    } else {
+        any.unwrap_or(here)
+    };
+    let frames: usize = accepted
+        .iter()
+        .map(|rec| rec.tags.len() + usize::from(rec.close_code.is_some()))
+        .sum();
+    fail(
+        "7f",
+        format!(
+            "connection {conn}: {why} at {}, yet {} sender calls ({frames} frames) made after it returned Ok \
+             (the first: {} {:?} on {}, at {}), before the connection's end at {}",
+            facts.ms(*at),
+            accepted.len(),
+            first.call.name(),
+            first.tags,
+            if first.seq == 0 { "the test's thread".to_owned() } else { format!("thread {}", first.seq) },
+            facts.ms(first.issued),
+            facts.ms(end),
+        ),
+    );
+}
+
+/// A stretch in which connection `conn` was surely open for senders: from its `handle_connect`
+/// (for the test's thread, which cannot run while the client's turn that ran `handle_connect`
+/// and opened the senders' queue lasts) or from a later moment the queue was seen open (for
+/// other threads), until the first thing that could have begun its end.
+struct OpenSpan {
+    conn: usize,
+    from_here: Instant,
+    from_thread: Option<Instant>,
+    until: Instant,
+}
+
+impl OpenSpan {
+    fn from(&self, seq: usize) -> Option<Instant> {
+        if seq == 0 {
+            Some(self.from_here)
+        } else {
+            self.from_thread
+        }
+    }
+
+    /// Whether the call was made wholly inside the span.
+    fn covers(&self, rec: &SenderRec) -> bool {
+        self.from(rec.seq)
+            .is_some_and(|from| from <= rec.issued && rec.resolved < self.until)
+    }
+}
+
+/// The spans in which a sender's refusal with NotConnected would be wrong (7a). Anything that
+/// may begin a connection's end bounds its span: the server's close, violation or reset (the
+/// client learns of them later still), the test's closes, the handler's `Reply::Close`,
+/// `Reply::Stop` and `ctx.stop`, a sender's close, the connection's end, and keepalive when
+/// the connection may have ended for want of a pong.
+fn surely_open(facts: &Facts<'_>) -> Vec<OpenSpan> {
+    let run = facts.run;
+    let mut spans = Vec::new();
+    for (&conn, &(start, end)) in &facts.windows {
+        let mut until = end.unwrap_or(run.t0 + Duration::from_secs(3600));
+        let mut bound = |at: Instant| until = until.min(at);
+        if let Some(log) = run.conns.get(conn) {
+            for (at, action) in &log.actions {
+                let ending = action.starts_with("close")
+                    || action.starts_with("violation")
+                    || matches!(action.as_str(), "partial header" | "RST" | "FIN");
+                if ending {
+                    bound(*at);
+                }
+            }
+            if let Some((at, _)) = log.end {
+                bound(at);
+            }
+        }
+        for e in &run.log {
+            if e.at >= start && matches!(e.ev, Ev::ReplyClose(_) | Ev::ReplyStop | Ev::CtxStop) {
+                bound(e.at);
+            }
+        }
+        // A message issued before the connection opened may be handled after.
+        for send in run.ops.sends.iter().filter(|send| send.tag.is_none()) {
+            if send.resolved.as_ref().is_none_or(|(at, _)| *at >= start) {
+                bound(send.issued);
+            }
+        }
+        for close in &run.ops.closes {
+            if close.resolved.as_ref().is_none_or(|(at, _)| *at >= start) {
+                bound(close.issued);
+            }
+        }
+        for rec in &run.ops.sender {
+            if rec.close_code.is_some() && rec.result.is_ok() && rec.resolved >= start {
+                bound(rec.issued);
+            }
+        }
+        if let Some(interval) = run.ping_interval {
+            let ended_by = run
+                .log
+                .iter()
+                .skip_while(|e| !matches!(e.ev, Ev::Connected { conn: c } if c == conn))
+                .skip(1)
+                .find_map(|e| match &e.ev {
+                    Ev::Disconnect { reason, .. } => Some(Some(reason.as_str())),
+                    Ev::Terminate(_) => Some(None),
+                    _ => None,
+                });
+            if !matches!(ended_by, Some(Some(reason)) if !reason.contains("pong")) {
+                bound(start + interval);
+            }
+        }
+        let from_thread = run
+            .ops
+            .sender
+            .iter()
+            .filter_map(|rec| {
+                let here = rec.seq == 0 && rec.issued > start;
+                let seen_open = rec.result.is_ok()
+                    && rec.issued >= start
+                    && end.is_none_or(|end| rec.resolved <= end);
+                if here {
+                    Some(rec.issued)
+                } else if seen_open {
+                    Some(rec.resolved)
+                } else {
+                    None
+                }
+            })
+            .min();
+        spans.push(OpenSpan {
+            conn,
+            from_here: start,
+            from_thread,
+            until,
+        });
+    }
+    spans
+}
+
 /// 6a and 6b.
 fn check_extras(facts: &Facts<'_>, fail: &mut impl FnMut(&'static str, String)) {
     let run = facts.run;
@@ -2390,6 +3309,30 @@ fn timeline(run: &Run) -> String {
     for (at, id) in &run.ops.infos {
         lines.push((*at, format!("test     Info({id})")));
     }
+    for GetRec { issued, resolved } in &run.ops.getters {
+        lines.push((*issued, "test     GetFrameSender".into()));
+        if let Some((at, result)) = resolved {
+            lines.push((*at, format!("test     GetFrameSender -> {result:?}")));
+        }
+    }
+    for rec in &run.ops.sender {
+        let thread = match rec.seq {
+            0 => String::new(),
+            seq => format!(" (thread {seq})"),
+        };
+        let code = rec
+            .close_code
+            .map_or(String::new(), |code| format!(" code {code}"));
+        lines.push((
+            rec.issued,
+            format!(
+                "test     sender {} {:?}{code}{thread} -> {:?}",
+                rec.call.name(),
+                rec.tags,
+                rec.result
+            ),
+        ));
+    }
     lines.sort_by_key(|(at, _)| *at);
     let mut out = String::new();
     const MAX_LINES: usize = 250;
@@ -2429,6 +3372,15 @@ fn tally(run: &Run, counts: &mut BTreeMap<String, usize>) {
             None => "unresolved".into(),
         };
         add(format!("send: {} -> {outcome}", send.what));
+    }
+    for rec in &run.ops.sender {
+        let thread = if rec.seq == 0 { "" } else { " (thread)" };
+        let result = match &rec.result {
+            Ok(()) => "Ok".into(),
+            Err(SendError::InvalidFrame(_)) => "InvalidFrame".into(),
+            Err(error) => format!("{error:?}"),
+        };
+        add(format!("sender: {}{thread} -> {result}", rec.call.name()));
     }
     for e in &run.log {
         match &e.ev {
