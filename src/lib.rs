@@ -136,6 +136,22 @@
 //! # }
 //! ```
 //!
+//! A program that streams frames to its client, from any thread, should use a [`FrameSender`]
+//! ([`GetFrameSender`]): no mailbox message per frame (each costs two allocations in actix),
+//! one lock and a push, and the client is woken once per burst. It refuses a frame at once,
+//! with the reason, while no connection is open; frames it accepted and the client could not
+//! write go to `handle_error`.
+//!
+//! ```no_run
+//! # use minch::{Client, Frame, GetFrameSender, MinchHandler};
+//! # async fn demo<H: MinchHandler>(client: actix::Addr<Client<H>>) {
+//! let sender = client.send(GetFrameSender).await.unwrap();
+//! if let Err(error) = sender.send(Frame::text("tick")) {
+//!     eprintln!("not sent: {error}");
+//! }
+//! # }
+//! ```
+//!
 //! ## Liveness and flow control
 //!
 //! The client pings every [`ConnectOptions::ping_interval`] and drops a connection that stays

@@ -121,7 +121,9 @@
 //!      client's close handshake began is 7f's matter.)
 //!    * **7b** An accepted frame was accepted while a connection was open, goes out at most
 //!      once, and only on a connection open while it was accepted (never on the next one); the
-//!      frames of one thread go out on a connection in the order they were sent.
+//!      frames of one thread go out on a connection in the order they were sent. (For senders a
+//!      connection is open from the server's accept: the queue opens just before
+//!      `handle_connect` runs, so that it can hand a sender to a thread.)
 //!    * **7c** Nothing is dropped silently: the accepted frames missing from the wire, apart
 //!      from those whose connection was cut by a reset (as 3b allows), are at most the
 //!      `Error::Send` reports to `handle_error` plus `Stats::frames_unsent` (which count the
@@ -131,7 +133,7 @@
 //!      returned does: before the test's later `SendFrame`/`TrySendFrame`, and before the
 //!      handler's reply to a later test `Info`, when both are on the same connection.
 //!    * **7e** After `terminate`, `send` and `send_all` return `Stopped` (an invalid frame
-//!      excepted: `send` checks the frame first), also from a sender asked for after it.
+//!      excepted: both check the frames first), also from a sender asked for after it.
 //!    * **7f** Once the client's close handshake has begun on a connection (the client is no
 //!      longer connected: `Stats::connected` is false, `SendFrame` answers `Closing`), senders
 //!      are refused at once, until the connection's end (`handle_disconnect`/`terminate`):
@@ -2239,6 +2241,20 @@ impl<'a> Facts<'a> {
             .is_some_and(|&(start, end)| start <= to && end.is_none_or(|end| end >= from))
     }
 
+    /// As `open_during`, for a `FrameSender`: its queue opens as the connection does, just
+    /// before `handle_connect` (which logs the window's start) runs, so the window starts, for
+    /// it, when the server accepted the connection.
+    fn sender_open_during(&self, conn: usize, from: Instant, to: Instant) -> bool {
+        self.windows.get(&conn).is_some_and(|&(start, end)| {
+            let start = self
+                .run
+                .conns
+                .get(conn)
+                .map_or(start, |log| start.min(log.accepted_at));
+            start <= to && end.is_none_or(|end| end >= from)
+        })
+    }
+
     fn ms(&self, at: Instant) -> String {
         ms_since(self.run.t0, at)
     }
@@ -2818,7 +2834,7 @@ fn check_senders(facts: &Facts<'_>, fail: &mut impl FnMut(&'static str, String))
                     );
                 }
                 if after_terminate
-                    && rec.call != SenderCall::Invalid
+                    && !matches!(rec.call, SenderCall::Invalid | SenderCall::InvalidAll)
                     && *error != SendError::Stopped
                 {
                     let since = facts.ms(facts.terminate.unwrap());
@@ -2840,7 +2856,7 @@ fn check_senders(facts: &Facts<'_>, fail: &mut impl FnMut(&'static str, String))
                     );
                 }
                 let candidates: Vec<usize> = (0..run.conns.len())
-                    .filter(|&conn| facts.open_during(conn, rec.issued, rec.resolved))
+                    .filter(|&conn| facts.sender_open_during(conn, rec.issued, rec.resolved))
                     .collect();
                 if candidates.is_empty() {
                     fail("7b", format!("{what}: Ok while no connection was open"));
@@ -2873,7 +2889,7 @@ fn check_senders(facts: &Facts<'_>, fail: &mut impl FnMut(&'static str, String))
                         }
                     }
                     for &(conn, _) in found {
-                        if !facts.open_during(conn, rec.issued, rec.resolved) {
+                        if !facts.sender_open_during(conn, rec.issued, rec.resolved) {
                             fail(
                                 "7b",
                                 format!("{what}: {name} went out on connection {conn}, which was not open then"),

@@ -1,8 +1,8 @@
 //! Review 13b, cold: `FrameSender` (src/client/sender.rs and its wiring in src/client/mod.rs)
 //! and the framing fix in src/framed.rs, against real peers on 127.0.0.1.
 //!
-//! Tests named `control_...` cover what the review checked and found right. The others fail on
-//! the reviewed code; each doc comment says what the user sees, why, and a suggested fix.
+//! Tests named `control_...` cover what the review checked and found right. The others failed
+//! on the reviewed code (df8424f; all fixed since); each doc comment says what the user sees, why, and a suggested fix.
 //!
 //! The tests run one at a time (behind [`SERIAL`]): three of them measure the heap of the test's
 //! thread (the client of an `actix_rt::test` runs on it; the peers run on threads of their
@@ -124,10 +124,10 @@ fn quiet(url: String) -> ConnectRequest {
 }
 
 // =============================================================================================
-// Bugs (these fail on the reviewed code)
+// Bugs (these failed on the reviewed code; fixed)
 // =============================================================================================
 
-/// BUG: a sender used inside `handle_connect` (or by a producer thread that `handle_connect`
+/// Was a bug: a sender used inside `handle_connect` (or by a producer thread that `handle_connect`
 /// just told to start) is refused with `NotConnected`, although the connection is open and
 /// `ctx.is_connected()` says so.
 ///
@@ -198,7 +198,7 @@ async fn a_sender_is_refused_inside_handle_connect() {
     );
 }
 
-/// BUG: once the client has sent its own close frame (a `SendFrame(Frame::Close)`, a handler's
+/// Was a bug: once the client has sent its own close frame (a `SendFrame(Frame::Close)`, a handler's
 /// `Reply::Close`, a `Frame::Close` through a sender), the sender still accepts frames:
 /// `send` answers `Ok(())` and `is_connected()` says `true` for as long as the close handshake
 /// lasts (up to `close_timeout`), while `GetStats` says `connected: false`. Every frame is
@@ -252,7 +252,7 @@ async fn after_the_clients_own_close_frame_the_sender_still_accepts() {
     );
 }
 
-/// BUG: `send_all` runs the caller's iterator with the queue's lock held, and the client's own
+/// Was a bug: `send_all` runs the caller's iterator with the queue's lock held, and the client's own
 /// thread takes that lock on every turn (`take_from_senders` in the driver and in the handlers
 /// of `SendFrame`, `GetStats`, `Info`, `Close`...). A lazily produced batch (frames built or
 /// read as the iterator goes, a `rx.iter().take(n)`, a big `map` that formats each frame)
@@ -305,7 +305,7 @@ async fn send_all_runs_the_callers_iterator_with_the_clients_lock_held() {
     );
 }
 
-/// BUG: when the iterator given to `send_all` panics, the frames it yielded before the panic
+/// Was a bug: when the iterator given to `send_all` panics, the frames it yielded before the panic
 /// stay in the queue, and the sender stalls: every later `send` is accepted (`Ok`) but nothing
 /// goes out until some unrelated event runs the client (a frame from the server, a keepalive
 /// ping, an `Addr` message); with keepalive off and a quiet server, never. When something does
@@ -362,7 +362,7 @@ async fn a_panicking_send_all_iterator_stalls_the_sender_and_leaves_half_a_batch
     );
 }
 
-/// BUG: a burst through a `FrameSender` leaves the client holding the burst's queue for good:
+/// Was a bug: a burst through a `FrameSender` leaves the client holding the burst's queue for good:
 /// after 100 000 frames are on the wire, the client keeps about
 /// `100 000 * size_of::<Frame>()` bytes (~3-5 MB; twice that after a second burst) until it
 /// stops, across reconnects, while idle. The same burst as one `SendFrames` leaves nothing
@@ -430,7 +430,7 @@ async fn burst_then_measure(through_sender: bool) -> (i64, usize) {
     (kept, BURST)
 }
 
-/// BUG (framing, src/framed.rs + src/protocol/codec.rs): a message of more than 1 MiB
+/// Was a bug (framing, src/framed.rs + src/protocol/codec.rs): a message of more than 1 MiB
 /// (`RESERVE_STEP`) received in parts is still handed over in an allocation of about twice its
 /// size, which the program holds for as long as it keeps the message: here 1 200 000 bytes
 /// held in ~2.1 MB. The fix in a79c48b ("a large message received in parts no longer holds

@@ -1,7 +1,8 @@
 //! `FrameSender` regressions found by the randomized lifecycle test (`tests/lifecycle_random.rs`,
 //! invariant 7f), reduced to deterministic cases.
 //!
-//! **These tests FAIL on the current `src`**: they pin the promise, not the behaviour. Once the
+//! These tests failed before the fix (the queue is now synced in `Client::route` when it starts
+//! a close, and at the end of `Client::run`); they pin the promise. Before: once the
 //! client's close handshake has begun (the client sent a close frame: `Reply::Close`,
 //! `SendFrame(Frame::Close)`, a sender's own `Frame::Close`), its connection is no longer open
 //! (`Stats::connected` is false, `SendFrame` answers `Closing`), yet the senders' queue stays
@@ -83,7 +84,7 @@ async fn assert_refused_once_closing<H: MinchHandler>(
     );
 }
 
-/// FAILS on the current src (see the module docs).
+/// Failed before the fix (see the module docs).
 #[actix_rt::test]
 async fn a_sender_refuses_once_a_send_frame_close_began_the_close_handshake() {
     let server = quiet_server();
@@ -95,7 +96,7 @@ async fn a_sender_refuses_once_a_send_frame_close_began_the_close_handshake() {
     assert_refused_once_closing(&addr, &sender, "after SendFrame(Close)").await;
 }
 
-/// FAILS on the current src (see the module docs).
+/// Failed before the fix (see the module docs).
 #[actix_rt::test]
 async fn a_sender_refuses_once_the_handlers_reply_close_began_the_close_handshake() {
     let server = quiet_server();
@@ -107,7 +108,7 @@ async fn a_sender_refuses_once_the_handlers_reply_close_began_the_close_handshak
     assert_refused_once_closing(&addr, &sender, "after Reply::Close").await;
 }
 
-/// FAILS on the current src (see the module docs). The sender's own close: once the client took
+/// Failed before the fix (see the module docs). The sender's own close: once the client took
 /// it (the `GetStats` below takes what senders queued before it), the sender keeps accepting
 /// frames, which the client then refuses to `handle_error`.
 #[actix_rt::test]

@@ -74,6 +74,9 @@ use crate::{
 /// other actors on its arbiter.
 const FRAMES_PER_POLL: usize = 64;
 
+/// Frames of room the senders' queue keeps between bursts; a larger burst's is given back.
+const SENDER_QUEUE_KEPT: usize = 1024;
+
 /// For the simple and blocking APIs, which only queue what they read: at most this many frames
 /// are queued per wake-up. Measured with the bench's pipeline (16-byte messages, window
 /// 1 000): 64 or 128 made a program and its connection swap places too often on one CPU, 512
@@ -341,12 +344,20 @@ impl<H: MinchHandler> Client<H> {
             let Some(action) = self.lifecycle.next_action() else {
                 break;
             };
+            // Open for senders as soon as the connection is: inside `handle_connect` too.
+            if self.sync_sender_queue() {
+                self.report_unheard(ctx);
+            }
             self.execute(action, ctx);
             // Frames from senders are for the connection that was open when they were sent:
             // refused as soon as it is not, before any other callback.
             if self.sync_sender_queue() {
                 self.report_unheard(ctx);
             }
+        }
+        // A close the client began (with `route`) moves the lifecycle without an action.
+        if self.sync_sender_queue() {
+            self.report_unheard(ctx);
         }
         if self.lifecycle.take_timer_moved() {
             self.rearm(ctx);
@@ -363,7 +374,10 @@ impl<H: MinchHandler> Client<H> {
     /// [`run`](Self::run), if there is anything to do: the frame loop's common case costs a few
     /// comparisons.
     fn settle(&mut self, ctx: &mut Context<Self>) {
-        if self.lifecycle.has_work() || self.stop_request.is_some() {
+        if self.lifecycle.has_work()
+            || self.stop_request.is_some()
+            || !self.unheard.borrow().is_empty()
+        {
             self.run(ctx);
         }
     }
@@ -787,6 +801,9 @@ impl<H: MinchHandler> Client<H> {
         };
         let (sent, close) = sent;
         self.lifecycle.close_sent(close, Instant::now());
+        // No frame from senders after the close: refused at once from now on, and those
+        // still queued are refused (reported when the caller settles).
+        self.sync_sender_queue();
         Ok(sent)
     }
 
@@ -898,7 +915,10 @@ impl<H: MinchHandler> Client<H> {
                 self.unheard.borrow_mut().push_back(error);
             }
         }
-        self.from_senders = frames;
+        // A burst's room is not kept for good.
+        if frames.capacity() <= SENDER_QUEUE_KEPT {
+            self.from_senders = frames;
+        }
         if self.unheard.borrow().is_empty() {
             self.settle(ctx);
         } else {
@@ -938,7 +958,9 @@ impl<H: MinchHandler> Client<H> {
             };
             self.unheard.borrow_mut().push_back(error);
         }
-        self.from_senders = frames;
+        if frames.capacity() <= SENDER_QUEUE_KEPT {
+            self.from_senders = frames;
+        }
         refused
     }
 

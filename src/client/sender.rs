@@ -86,17 +86,19 @@ impl FrameSender {
     /// Queues several frames, in order, under one lock: cheaper than [`send`](Self::send) for
     /// each. If any frame may not be sent, or the client is not connected, none is queued.
     pub fn send_all(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), SendError> {
-        let mut state = self.queue.open()?;
-        let before = state.frames.len();
-        state.frames.extend(frames);
-        if let Some(error) = state.frames[before..]
+        // Gathered before the lock: the caller's iterator may be slow, panic, or use this
+        // sender, none of which may happen while the client waits for the lock.
+        let mut frames: Vec<Frame> = frames.into_iter().collect();
+        if let Some(error) = frames
             .iter()
             .find_map(|frame| validate_outgoing(frame).err())
         {
-            state.frames.truncate(before);
             return Err(SendError::InvalidFrame(error));
         }
-        if before == 0 && !state.frames.is_empty() {
+        let mut state = self.queue.open()?;
+        let was_empty = state.frames.is_empty();
+        state.frames.append(&mut frames);
+        if was_empty && !state.frames.is_empty() {
             state.wake();
         }
         Ok(())
@@ -153,8 +155,8 @@ impl SenderQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // A sender panics with the lock held only inside `Vec::extend` (the caller's
-        // iterator); the queue is consistent whatever the panic.
+        // Nothing that can panic runs with the lock held but a `Vec` growing (out of memory);
+        // the queue is consistent whatever the panic.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

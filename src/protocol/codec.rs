@@ -18,6 +18,10 @@ use crate::{
 
 /// The most read-buffer room reserved ahead of a frame's payload at once.
 const RESERVE_STEP: usize = 1 << 20;
+/// A received payload whose buffer has more than this room (and an eighth) beyond it is copied
+/// out, so that the message does not hold the room: more than the 8 KiB reads that small
+/// frames share, less than what a large frame's reservations leave.
+const OVERSIZED_SLACK: usize = 64 * 1024;
 /// The client's WebSocket codec, for actix-codec's `Framed`: decodes what the server sends,
 /// encodes (and masks) what the client sends.
 #[derive(Debug)]
@@ -308,8 +312,17 @@ impl Codec {
     ) -> Result<Option<Frame>, ProtocolError> {
         let len = incoming.payload_len;
         let Some(mut message) = self.message.take() else {
-            // An unfragmented message: its payload leaves the read buffer without a copy.
-            let payload = src.split_to(len).freeze();
+            // An unfragmented message: its payload leaves the read buffer without a copy,
+            // unless the buffer grew well past it while the frame came in parts (the program
+            // would hold the whole allocation for as long as it keeps the message).
+            let oversized = src.capacity() > len + len / 8 + OVERSIZED_SLACK;
+            let payload = if oversized {
+                let payload = bytes::Bytes::copy_from_slice(&src[..len]);
+                src.advance(len);
+                payload
+            } else {
+                src.split_to(len).freeze()
+            };
             return Ok(Some(if incoming.is_text {
                 Frame::Text(Utf8Bytes::from_validated(payload))
             } else {
@@ -324,7 +337,12 @@ impl Codec {
             self.message = Some(message);
             return Ok(None);
         }
-        let payload = message.data.freeze();
+        // Assembly grew the buffer geometrically: a kept message should not keep that room.
+        let payload = if message.data.capacity() > message.data.len() * 9 / 8 + OVERSIZED_SLACK {
+            bytes::Bytes::copy_from_slice(&message.data)
+        } else {
+            message.data.freeze()
+        };
         Ok(Some(match message.kind {
             DataKind::Text => Frame::Text(Utf8Bytes::from_validated(payload)),
             DataKind::Binary => Frame::Binary(payload),
