@@ -688,6 +688,7 @@ pub(crate) struct Connector {
     route: Route,
     proxy_tls: ProxyTls,
     handshake: Rc<Handshake>,
+    nodelay: bool,
 }
 
 /// Where the connection goes: to the URL's host, through a proxy, or to a Unix socket.
@@ -721,6 +722,21 @@ impl Connector {
             route: Route::Direct,
             proxy_tls: None,
             handshake,
+            nodelay: true,
+        }
+    }
+
+    /// Whether TCP connections (to the server or to the proxy) get `TCP_NODELAY`.
+    pub(crate) fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` as asked. A socket that refuses is still usable, only slower for
+    /// small frames, so that is logged rather than failing the connection.
+    fn configure(&self, tcp: &TcpStream) {
+        if let Err(error) = tcp.set_nodelay(self.nodelay) {
+            log::warn!("could not set TCP_NODELAY to {}: {error}", self.nodelay);
         }
     }
 
@@ -767,6 +783,7 @@ impl Service<ConnectInfo<Uri>> for Connector {
             let connecting = async {
                 let tcp = |connection: Connection<Uri, TcpStream>| {
                     let (tcp, connection) = connection.replace_io(());
+                    this.configure(&tcp);
                     connection.replace_io(Socket::Tcp(tcp)).1
                 };
                 match &this.route {
@@ -895,6 +912,7 @@ impl Connector {
             .await
             .map_err(|error| unreachable(error.to_string()))?;
         let (tcp, _) = to_proxy.into_parts();
+        self.configure(&tcp);
         let host = bare_host(request.hostname());
         log::debug!(
             "opening a tunnel through {} to port {}",

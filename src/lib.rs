@@ -171,6 +171,7 @@
 //! | [`compression`](ConnectOptions::compression()) | permessage-deflate offered | a [`Deflate`], or `None` |
 //! | [`proxy`](ConnectOptions::proxy()) | from the environment | a [`Proxy`] |
 //! | [`unix_socket`](ConnectOptions::unix_socket()) | none (TCP) | a path of at most [`MAX_UNIX_SOCKET_PATH`](ConnectOptions::MAX_UNIX_SOCKET_PATH) bytes, on Unix |
+//! | [`tcp_nodelay`](ConnectOptions::tcp_nodelay) | `true`: small frames go out at once | `true` or `false` (Nagle's algorithm) |
 //!
 //! A value outside its range is [`Error::InvalidOptions`], naming the option, before any I/O.
 //!

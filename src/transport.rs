@@ -71,7 +71,8 @@ pub(crate) async fn open(request: &ConnectRequest) -> Result<(Response, Transpor
         handshake.clone(),
         options.connect_timeout,
         options.tls_timeout,
-    );
+    )
+    .tcp_nodelay(options.tcp_nodelay);
     let origin_host = uri.host().unwrap_or_default();
     let origin_host = crate::connector::bare_host(origin_host);
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
