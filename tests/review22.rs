@@ -2,8 +2,8 @@
 //! payloads left in large read buffers) and f310abe (`ConnectOptions::tcp_nodelay`) — against
 //! real peers on 127.0.0.1.
 //!
-//! Every test here failed on the reviewed code (f310abe); each doc comment says what the user
-//! sees, why, and a suggested fix. The tests run one at a time (behind [`SERIAL`]): they measure
+//! Every test here failed on the reviewed code (f310abe; all fixed since); each doc comment
+//! says what the user sees, why, and a suggested fix. The tests run one at a time (behind [`SERIAL`]): they measure
 //! the heap of the test's thread (the client of an `actix_rt::test` runs on it; the scripted
 //! peers run on threads of their own). Every wait is bounded.
 

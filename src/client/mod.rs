@@ -345,20 +345,14 @@ impl<H: MinchHandler> Client<H> {
                 break;
             };
             // Open for senders as soon as the connection is: inside `handle_connect` too.
-            if self.sync_sender_queue() {
-                self.report_unheard(ctx);
-            }
+            self.sync_senders_and_report(ctx);
             self.execute(action, ctx);
             // Frames from senders are for the connection that was open when they were sent:
             // refused as soon as it is not, before any other callback.
-            if self.sync_sender_queue() {
-                self.report_unheard(ctx);
-            }
+            self.sync_senders_and_report(ctx);
         }
         // A close the client began (with `route`) moves the lifecycle without an action.
-        if self.sync_sender_queue() {
-            self.report_unheard(ctx);
-        }
+        self.sync_senders_and_report(ctx);
         if self.lifecycle.take_timer_moved() {
             self.rearm(ctx);
         }
@@ -927,14 +921,24 @@ impl<H: MinchHandler> Client<H> {
     }
 
     /// Opens the senders' queue while the connection is open, and closes it when it is not:
-    /// the frames it still holds are refused. Whether any were.
-    fn sync_sender_queue(&mut self) -> bool {
+    /// the frames it still holds are refused (reported by the caller, or when it settles).
+    fn sync_sender_queue(&mut self) {
         let Some(queue) = &self.sender_queue else {
-            return false;
+            return;
         };
         let mut left = std::mem::take(&mut self.from_senders);
         queue.set_open(self.lifecycle.is_open(), &mut left);
-        self.refuse(left)
+        self.refuse(left);
+    }
+
+    /// Syncs the senders' queue with the lifecycle, and reports every refusal not reported
+    /// yet: also those recorded while an action ran (a close from `handle_connect` closes the
+    /// queue in `route`, before this looks at it).
+    fn sync_senders_and_report(&mut self, ctx: &mut Context<Self>) {
+        self.sync_sender_queue();
+        if !self.unheard.borrow().is_empty() {
+            self.report_unheard(ctx);
+        }
     }
 
     /// Closes the senders' queue for good; whether it held frames, now refused.

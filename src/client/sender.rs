@@ -72,7 +72,8 @@ impl FrameSender {
     /// be sent ([`SendError::InvalidFrame`]).
     ///
     /// Sending [`Frame::Close`] starts the close handshake, as [`Reply::Close`](crate::Reply::Close)
-    /// does; frames queued after it are refused by the client and reported to `handle_error`.
+    /// does: frames queued behind it before the client took it are refused and reported to
+    /// `handle_error`, and once it took it, `send` answers `NotConnected` at once.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
         validate_outgoing(&frame).map_err(SendError::InvalidFrame)?;
         let mut state = self.queue.open()?;

@@ -46,6 +46,37 @@ pub(crate) struct Codec {
     /// How many bytes the last frame encoded took in the write buffer, header included
     /// (compressed, if it was).
     pub(super) last_encoded_len: usize,
+    /// The read buffer's allocation, which every payload split off it keeps alive.
+    read_allocation: ReadAllocation,
+}
+
+/// Where the read buffer's allocation ends and (about) where it starts. `BytesMut` shows only
+/// the room from its first byte on, which shrinks as frames are taken from the front: a small
+/// payload near the end of a 2 MiB allocation would look small. The end of the allocation
+/// (first byte plus capacity) moves only when the buffer is reallocated, and a reallocated
+/// buffer starts at its allocation's start, so watching the end after every change that may
+/// reallocate gives the allocation's size (or a little less).
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadAllocation {
+    start: usize,
+    end: usize,
+}
+
+impl ReadAllocation {
+    /// Notes a reallocation of `buf`, if there was one since the last look.
+    fn observe(&mut self, buf: &BytesMut) {
+        let start = buf.as_ptr() as usize;
+        let end = start + buf.capacity();
+        if end != self.end {
+            *self = ReadAllocation { start, end };
+        }
+    }
+
+    /// Whether a payload of `len` bytes should be copied out rather than keep the allocation
+    /// alive: when the allocation has more than an eighth and [`OVERSIZED_SLACK`] beyond it.
+    fn outsizes(&self, len: usize) -> bool {
+        self.end - self.start > len + len / 8 + OVERSIZED_SLACK
+    }
 }
 
 /// A frame whose header has been accepted, waiting for its payload.
@@ -94,6 +125,20 @@ impl Codec {
             compressor: None,
             decompressor: None,
             last_encoded_len: 0,
+            read_allocation: ReadAllocation::default(),
+        }
+    }
+
+    /// Takes a payload of `len` bytes from the front of `src`: split off without a copy,
+    /// unless that would keep alive a read buffer much larger than it (one grown for a large
+    /// frame) for as long as the program keeps the frame.
+    fn take_payload(&self, src: &mut BytesMut, len: usize) -> bytes::Bytes {
+        if self.read_allocation.outsizes(len) {
+            let payload = bytes::Bytes::copy_from_slice(&src[..len]);
+            src.advance(len);
+            payload
+        } else {
+            src.split_to(len).freeze()
         }
     }
 
@@ -282,8 +327,8 @@ impl Codec {
     ) -> Result<Option<Frame>, ProtocolError> {
         let len = incoming.payload_len;
         match incoming.opcode {
-            OpCode::Ping => Ok(Some(Frame::Ping(src.split_to(len).freeze()))),
-            OpCode::Pong => Ok(Some(Frame::Pong(src.split_to(len).freeze()))),
+            OpCode::Ping => Ok(Some(Frame::Ping(self.take_payload(src, len)))),
+            OpCode::Pong => Ok(Some(Frame::Pong(self.take_payload(src, len)))),
             OpCode::Close => {
                 let close = parse_close_payload(&src[..len])?;
                 src.advance(len);
@@ -312,17 +357,9 @@ impl Codec {
     ) -> Result<Option<Frame>, ProtocolError> {
         let len = incoming.payload_len;
         let Some(mut message) = self.message.take() else {
-            // An unfragmented message: its payload leaves the read buffer without a copy,
-            // unless the buffer grew well past it while the frame came in parts (the program
-            // would hold the whole allocation for as long as it keeps the message).
-            let oversized = src.capacity() > len + len / 8 + OVERSIZED_SLACK;
-            let payload = if oversized {
-                let payload = bytes::Bytes::copy_from_slice(&src[..len]);
-                src.advance(len);
-                payload
-            } else {
-                src.split_to(len).freeze()
-            };
+            // An unfragmented message: its payload leaves the read buffer without a copy, unless
+            // the buffer grew well past it (for this frame or an earlier one).
+            let payload = self.take_payload(src, len);
             return Ok(Some(if incoming.is_text {
                 Frame::Text(Utf8Bytes::from_validated(payload))
             } else {
@@ -432,6 +469,8 @@ impl Decoder for Codec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        // `Framed` may have grown the buffer for a read since the last call.
+        self.read_allocation.observe(src);
         // Loops over frames that only extend a fragmented message: returning `None` while whole
         // frames are still buffered would make `Framed` wait for bytes that may never come.
         loop {
@@ -454,6 +493,7 @@ impl Decoder for Codec {
                 // 8 KiB at a time; a step at a time, so that a header announcing a frame within
                 // the limits (which may be huge) costs no memory before its payload comes.
                 src.reserve((incoming.payload_len - src.len()).min(RESERVE_STEP));
+                self.read_allocation.observe(src);
                 self.incoming = Some(incoming);
                 return Ok(None);
             }
