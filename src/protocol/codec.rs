@@ -132,6 +132,8 @@ impl Codec {
     /// Takes a payload of `len` bytes from the front of `src`: split off without a copy,
     /// unless that would keep alive a read buffer much larger than it (one grown for a large
     /// frame) for as long as the program keeps the frame.
+    // Inlined: out of line, the call cost ~35 instructions per message (callgrind, pipeline).
+    #[inline(always)]
     fn take_payload(&self, src: &mut BytesMut, len: usize) -> bytes::Bytes {
         if self.read_allocation.outsizes(len) {
             let payload = bytes::Bytes::copy_from_slice(&src[..len]);
