@@ -6,75 +6,23 @@
 
 mod support;
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
-    time::Duration,
-};
+use std::time::Duration;
 
 use minch::{
     ConnectOptions, Connection, Deflate, DisconnectReason, Error, Frame, Frames, ProtocolError,
     ReceiveError,
 };
-use support::{close_frame, frame_bytes, opcode, ClientFrame, Handshake, RawFrame, Step};
+use support::{
+    close_frame, frame_bytes, live_bytes, opcode, ClientFrame, Handshake, RawFrame, Step,
+};
 use zlib_rs::{DeflateConfig, DeflateFlush, InflateFlush, Method, Strategy};
 
 const WAIT: Duration = Duration::from_secs(10);
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-// ---------------------------------------------------------------------------------------------
-// Heap accounting per thread: the client of an `actix_rt::test` runs on the test's thread, the
-// scripted server on a thread of its own, so what this thread holds is the client's (and the
-// test's) memory, whatever other tests do at the same time.
-// ---------------------------------------------------------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-}
-
-fn account(delta: i64) {
-    let _ = LIVE.try_with(|live| live.set(live.get() + delta));
-}
-
-fn live_bytes() -> i64 {
-    LIVE.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            account(layout.size() as i64);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            account(layout.size() as i64);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        account(-(layout.size() as i64));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            account(new_size as i64 - layout.size() as i64);
-        }
-        new
-    }
-}
-
+// The heap each thread holds, counted (see `support::heap`).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
 
 // ---------------------------------------------------------------------------------------------
 // The server's side of the compression

@@ -10,19 +10,14 @@
 mod common;
 mod support;
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::{Cell, RefCell},
-    rc::Rc,
-    time::Duration,
-};
+use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use common::{Event, Policy, Recorder};
 use minch::{
     Client, CloseFrame, ConnectOptions, ConnectRequest, Connection, DisconnectReason, Error, Frame,
     FrameSender, Frames, GetFrameSender, ReceiveError, Reply, SendError,
 };
-use support::{close_frame, frame_bytes, opcode, text_frame, Handshake, Step};
+use support::{close_frame, frame_bytes, live_bytes, opcode, text_frame, Handshake, Step};
 use tokio::sync::Mutex;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -31,59 +26,9 @@ const PAUSE: Duration = Duration::from_millis(150);
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-// ---------------------------------------------------------------------------------------------
-// Heap accounting per thread: the client of an `actix_rt::test` runs on the test's thread, the
-// scripted server on a thread of its own.
-// ---------------------------------------------------------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-}
-
-fn account(delta: i64) {
-    // `try_with`: allocations made while the thread's locals are torn down are not counted.
-    let _ = LIVE.try_with(|live| live.set(live.get() + delta));
-}
-
-fn live_bytes() -> i64 {
-    LIVE.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            account(layout.size() as i64);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            account(layout.size() as i64);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        account(-(layout.size() as i64));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            account(new_size as i64 - layout.size() as i64);
-        }
-        new
-    }
-}
-
+// The heap each thread holds, counted (see `support::heap`).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: support::CountingAllocator = support::CountingAllocator;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

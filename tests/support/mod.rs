@@ -30,6 +30,7 @@ mod bg;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod eventlog;
+mod heap;
 mod interop;
 mod proxy;
 mod proxy_env;
@@ -41,6 +42,7 @@ mod tempdir;
 
 pub use self::bg::MAX_PEER_LIFETIME;
 pub use self::eventlog::EventLog;
+pub use self::heap::{live_bytes, CountingAllocator};
 pub use self::interop::{
     interop_dir, node_echo_server, node_echo_server_with, pproxy, pproxy_with, python_echo_server,
     python_echo_server_with, python_unix_echo_server, ExternalServer, PeerCompression,
