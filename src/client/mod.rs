@@ -344,14 +344,14 @@ impl<H: MinchHandler> Client<H> {
             let Some(action) = self.lifecycle.next_action() else {
                 break;
             };
-            // Open for senders as soon as the connection is: inside `handle_connect` too.
+            // Open for senders as soon as the connection is (inside `handle_connect` too), and
+            // closed as soon as it is not, before any other callback: frames from senders are for
+            // the connection that was open when they were sent.
             self.sync_senders_and_report(ctx);
             self.execute(action, ctx);
-            // Frames from senders are for the connection that was open when they were sent:
-            // refused as soon as it is not, before any other callback.
-            self.sync_senders_and_report(ctx);
         }
-        // A close the client began (with `route`) moves the lifecycle without an action.
+        // After the last action, and after a close the client began (with `route`), which
+        // moves the lifecycle without an action.
         self.sync_senders_and_report(ctx);
         if self.lifecycle.take_timer_moved() {
             self.rearm(ctx);

@@ -22,6 +22,13 @@ const RESERVE_STEP: usize = 1 << 20;
 /// out, so that the message does not hold the room: more than the 8 KiB reads that small
 /// frames share, less than what a large frame's reservations leave.
 const OVERSIZED_SLACK: usize = 64 * 1024;
+
+/// Whether an allocation of `allocation` bytes is too large to be kept alive by `len` bytes of
+/// it: more than an eighth and [`OVERSIZED_SLACK`] beyond them.
+fn oversized(allocation: usize, len: usize) -> bool {
+    allocation > len + len / 8 + OVERSIZED_SLACK
+}
+
 /// The client's WebSocket codec, for actix-codec's `Framed`: decodes what the server sends,
 /// encodes (and masks) what the client sends.
 #[derive(Debug)]
@@ -73,9 +80,9 @@ impl ReadAllocation {
     }
 
     /// Whether a payload of `len` bytes should be copied out rather than keep the allocation
-    /// alive: when the allocation has more than an eighth and [`OVERSIZED_SLACK`] beyond it.
+    /// alive (see [`oversized`]).
     fn outsizes(&self, len: usize) -> bool {
-        self.end - self.start > len + len / 8 + OVERSIZED_SLACK
+        oversized(self.end - self.start, len)
     }
 }
 
@@ -377,7 +384,7 @@ impl Codec {
             return Ok(None);
         }
         // Assembly grew the buffer geometrically: a kept message should not keep that room.
-        let payload = if message.data.capacity() > message.data.len() * 9 / 8 + OVERSIZED_SLACK {
+        let payload = if oversized(message.data.capacity(), message.data.len()) {
             bytes::Bytes::copy_from_slice(&message.data)
         } else {
             message.data.freeze()
